@@ -1,0 +1,120 @@
+"""The key stream of format v1: an HKDF-SHA256 sub-key per step, AES-256-CTR over zero bytes, and the
+draws made from it (permutations, negate bits, channel orders). See docs/encryption-format.md."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import permutations
+
+import numpy as np
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from encseg.cipher.keys import Key
+from encseg.cipher.scheme import (
+    BLOCK_SCRAMBLE,
+    CHANNEL_SHUFFLE,
+    NEGATIVE_POSITIVE,
+    PIXEL_SHUFFLE,
+    Scheme,
+)
+
+SALT = b"encseg/v1"
+# The six channel orders, lexicographic: RGB, RBG, GRB, GBR, BRG, BGR. out[c] = in[order[c]].
+CHANNEL_ORDERS = np.array(list(permutations(range(3))), dtype=np.intp)
+_CS_LIMIT = 2**32 - (2**32 % 6)  # words >= this are dropped so `u mod 6` is uniform
+
+
+def step_stream(key: Key, step_name: str, nbytes: int) -> bytes:
+    """The first `nbytes` of the step's stream: AES-256-CTR(HKDF(key, salt, info=step), counter 0)."""
+    sub = HKDF(algorithm=hashes.SHA256(), length=32, salt=SALT, info=step_name.encode("ascii")).derive(key.to_bytes())
+    enc = Cipher(algorithms.AES(sub), modes.CTR(bytes(16))).encryptor()
+    return enc.update(bytes(nbytes)) + enc.finalize()
+
+
+def draw_permutation(key: Key, step_name: str, n: int) -> np.ndarray:
+    """A permutation of n: indices sorted by (k_i, i) for little-endian uint64 words k_i (stable argsort)."""
+    words = np.frombuffer(step_stream(key, step_name, 8 * n), dtype="<u8")
+    return np.argsort(words, kind="stable")
+
+
+def draw_negate_bits(key: Key, n: int) -> np.ndarray:
+    """One bool per block: bit 0 of a little-endian uint32 word."""
+    words = np.frombuffer(step_stream(key, NEGATIVE_POSITIVE, 4 * n), dtype="<u4")
+    return (words & 1).astype(bool)
+
+
+def draw_channel_orders(key: Key, n: int) -> np.ndarray:
+    """One index into CHANNEL_ORDERS per block, from uint32 words with rejection of the top 4 values."""
+    m = n + 8
+    while True:  # the stream is a prefix-stable function of its length, so asking for more is safe
+        words = np.frombuffer(step_stream(key, CHANNEL_SHUFFLE, 4 * m), dtype="<u4")
+        kept = words[words < _CS_LIMIT]
+        if kept.size >= n:
+            return (kept[:n] % 6).astype(np.intp)
+        m *= 2
+
+
+def expand_group_permutation(perm_q: np.ndarray, p: int, q: int) -> np.ndarray:
+    """The p*p gather that applies a permutation of q*q positions inside every q x q sub-block."""
+    r, c = np.divmod(np.arange(p * p), p)
+    j = (r % q) * q + (c % q)
+    sr, sc = np.divmod(perm_q[j], q)
+    return ((r // q) * q + sr) * p + (c // q) * q + sc
+
+
+@dataclass(frozen=True, repr=False)
+class Plan:
+    """What a key does to an image of nh x nw blocks, fused into one gather and per-block flips.
+
+    Encrypted block b is original block `block_src[b]` with its pixels gathered by `pixel_src`,
+    channels reordered by CHANNEL_ORDERS[orders[b]] and negated where `negate[b]`. `draws` keeps each
+    step's raw draw (for test vectors). Holds no key; still derived from one, so it is not printed.
+    """
+
+    block_size: int
+    grid: tuple[int, int]
+    block_src: np.ndarray | None
+    pixel_src: np.ndarray | None
+    negate: np.ndarray | None
+    orders: np.ndarray | None
+    draws: dict
+
+    def __repr__(self) -> str:
+        return f"Plan(block_size={self.block_size}, grid={self.grid})"
+
+
+def make_plan(key: Key, scheme: Scheme, nh: int, nw: int) -> Plan:
+    """Derive every draw for an image of nh x nw blocks and fuse the steps (see Plan)."""
+    p, n = scheme.block_size, nh * nw
+    origin = np.arange(n)  # origin[b]: which original block sits at position b right now
+    block_src = pixel_src = negate = orders = None
+    draws: dict = {}
+    for step in scheme.steps:
+        if step.name == BLOCK_SCRAMBLE:
+            perm = draw_permutation(key, BLOCK_SCRAMBLE, n)
+            draws[step.name] = perm
+            origin = origin[perm]
+            block_src = origin
+        elif step.name == PIXEL_SHUFFLE:
+            q = step.group or p
+            perm = draw_permutation(key, PIXEL_SHUFFLE, q * q)
+            draws[step.name] = perm
+            pixel_src = perm if q == p else expand_group_permutation(perm, p, q)
+        elif step.name == NEGATIVE_POSITIVE:
+            bits = draw_negate_bits(key, n)
+            draws[step.name] = bits
+            negate = np.empty(n, bool)
+            negate[origin] = bits  # the bit travels with the block it was drawn for
+        elif step.name == CHANNEL_SHUFFLE:
+            draw = draw_channel_orders(key, n)
+            draws[step.name] = draw
+            orders = np.empty(n, np.intp)
+            orders[origin] = draw
+    # per-block flags were stored by original block; re-index them by final position
+    if negate is not None:
+        negate = negate[origin]
+    if orders is not None:
+        orders = orders[origin]
+    return Plan(p, (nh, nw), block_src, pixel_src, negate, orders, draws)

@@ -1,0 +1,137 @@
+"""Schemes: the frozen, JSON-serialisable description of a block-wise cipher (block size + steps)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from encseg.errors import UserError
+
+FORMAT_VERSION = 1
+
+BLOCK_SCRAMBLE = "block-scramble"
+PIXEL_SHUFFLE = "pixel-shuffle"
+NEGATIVE_POSITIVE = "negative-positive"
+CHANNEL_SHUFFLE = "channel-shuffle"
+STEP_NAMES = (BLOCK_SCRAMBLE, PIXEL_SHUFFLE, NEGATIVE_POSITIVE, CHANNEL_SHUFFLE)
+GEOMETRIC_STEPS = (BLOCK_SCRAMBLE, PIXEL_SHUFFLE)
+_CODES = {"bs": BLOCK_SCRAMBLE, "ps": PIXEL_SHUFFLE, "np": NEGATIVE_POSITIVE, "cs": CHANNEL_SHUFFLE}
+
+PRESETS: dict[str, str] = {
+    "plain": "no encryption (the identity; for baselines)",
+    "bs": "block scrambling only (known to fall to jigsaw solvers; for comparison)",
+    "bs-np-cs": "block scrambling + negative-positive + channel shuffling (the default)",
+    "bs-ps-np-cs": "all four steps, full pixel shuffling inside each block",
+    "ps-np-cs": "pixel shuffling + NP + CS, blocks keep their positions",
+    "bs-ps4-np-cs": "all four steps, pixel shuffling restricted to 4x4 sub-blocks",
+    "ps4-np-cs": "restricted (4x4) pixel shuffling + NP + CS, blocks keep their positions",
+}
+DEFAULT_SCHEME = "bs-np-cs"
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of a scheme. `group` (pixel-shuffle only) restricts shuffling to group x group sub-blocks."""
+
+    name: str
+    group: int | None = None
+
+    def to_dict(self) -> dict:
+        d: dict = {"name": self.name}
+        if self.group is not None:
+            d["group"] = self.group
+        return d
+
+    @property
+    def code(self) -> str:
+        base = {v: k for k, v in _CODES.items()}[self.name]
+        return f"{base}{self.group}" if self.group is not None else base
+
+
+@dataclass(frozen=True)
+class Scheme:
+    """Block size p and the ordered steps; validated on construction."""
+
+    block_size: int = 16
+    steps: tuple[Step, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        p = self.block_size
+        if not isinstance(p, int) or isinstance(p, bool) or not 1 <= p <= 256:
+            raise UserError(f"block size must be an integer in 1..256 (got {p!r})")
+        seen = set()
+        for s in self.steps:
+            if s.name not in STEP_NAMES:
+                raise UserError(f"unknown step {s.name!r}; known steps: {', '.join(STEP_NAMES)}")
+            if s.name in seen:
+                raise UserError(f"step {s.name!r} appears twice; each step may appear once")
+            seen.add(s.name)
+            if s.group is not None:
+                if s.name != PIXEL_SHUFFLE:
+                    raise UserError(f"only {PIXEL_SHUFFLE} takes a group (got one for {s.name})")
+                if not isinstance(s.group, int) or s.group < 1 or p % s.group:
+                    raise UserError(f"pixel-shuffle group {s.group} must divide the block size {p}")
+
+    # -- names and text forms -------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        """Short name such as `bs-ps4-np-cs` (`plain` when there are no steps)."""
+        return "-".join(s.code for s in self.steps) or "plain"
+
+    @property
+    def moves_pixels(self) -> bool:
+        return any(s.name in GEOMETRIC_STEPS for s in self.steps)
+
+    @classmethod
+    def parse(cls, text: str, block_size: int = 16) -> "Scheme":
+        """A preset name or any `-`-joined code list (bs, ps, ps<q>, np, cs), or a JSON descriptor."""
+        text = text.strip()
+        if text.startswith("{"):
+            return cls.from_json(text)
+        if text in ("plain", "none", ""):
+            return cls(block_size, ())
+        steps = []
+        for code in text.split("-"):
+            base, digits = code[:2], code[2:]
+            if base not in _CODES or (digits and (base != "ps" or not digits.isdigit())):
+                raise UserError(
+                    f"unknown scheme {text!r}: use a preset ({', '.join(PRESETS)}) or codes bs, ps, ps<q>, np, cs joined by '-'"
+                )
+            steps.append(Step(_CODES[base], int(digits) if digits else None))
+        return cls(block_size, tuple(steps))
+
+    def to_dict(self) -> dict:
+        return {"version": FORMAT_VERSION, "block_size": self.block_size, "steps": [s.to_dict() for s in self.steps]}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), separators=(",", ":"))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Scheme":
+        if not isinstance(d, dict):
+            raise UserError("a scheme descriptor is a JSON object")
+        if d.get("version", FORMAT_VERSION) != FORMAT_VERSION:
+            raise UserError(f"scheme format version {d.get('version')!r} is not supported (this is v{FORMAT_VERSION})")
+        unknown = set(d) - {"version", "block_size", "steps"}
+        if unknown:
+            raise UserError(f"unknown scheme fields: {', '.join(sorted(unknown))}")
+        steps = d.get("steps", [])
+        if not isinstance(steps, list) or not all(isinstance(s, dict) and "name" in s for s in steps):
+            raise UserError('scheme "steps" is a list of {"name": ..., ["group": q]} objects')
+        for s in steps:
+            if set(s) - {"name", "group"}:
+                raise UserError(f"unknown step fields: {', '.join(sorted(set(s) - {'name', 'group'}))}")
+        return cls(d.get("block_size", 16), tuple(Step(s["name"], s.get("group")) for s in steps))
+
+    @classmethod
+    def from_json(cls, text: str) -> "Scheme":
+        try:
+            return cls.from_dict(json.loads(text))
+        except json.JSONDecodeError as exc:
+            raise UserError(f"scheme descriptor is not valid JSON: {exc.msg}") from None
+
+    def check_size(self, height: int, width: int) -> None:
+        """Refuse an encrypted image whose sides are not multiples of the block size."""
+        p = self.block_size
+        if height <= 0 or width <= 0 or height % p or width % p:
+            raise UserError(f"encrypted image is {height}x{width}; both sides must be positive multiples of the block size {p}")
