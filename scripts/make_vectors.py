@@ -1,0 +1,81 @@
+"""Regenerate tests/vectors/*.json from the reference implementation (run after a deliberate format
+change only: the vectors are the contract a second implementation must reproduce byte for byte)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from encseg.cipher import Key, Scheme, encrypt, encrypt_mask, make_plan, step_stream
+from encseg.cipher.keystream import SALT
+
+OUT = Path(__file__).resolve().parents[1] / "tests" / "vectors"
+
+# name, scheme text, block size, height, width, description
+CASES = [
+    ("01-bs-p4", "bs", 4, 8, 8, "block scrambling only, 2x2 blocks"),
+    ("02-bs-np-cs-p4", "bs-np-cs", 4, 12, 16, "default step list, 3x4 blocks"),
+    ("03-bs-ps-np-cs-p4", "bs-ps-np-cs", 4, 8, 12, "all four steps, full pixel shuffle"),
+    ("04-ps-np-cs-pad", "ps-np-cs", 4, 10, 7, "sides not multiples of p: edge-replicate padding"),
+    ("05-bs-ps4-np-cs-p8", "bs-ps4-np-cs", 8, 16, 16, "restricted pixel shuffle, q=4 inside p=8"),
+    ("06-ps4-np-cs-pad-p8", "ps4-np-cs", 8, 13, 17, "restricted pixel shuffle with padding"),
+    ("07-plain-p4", "plain", 4, 5, 5, "no steps: padding only"),
+    ("08-bs-np-cs-p16", "bs-np-cs", 16, 20, 33, "default block size 16, padded to 32x48"),
+    ("09-cs-np-bs-p2", "cs-np-bs", 2, 6, 6, "steps in another order: per-block draws indexed before scrambling"),
+    ("10-np-ps2-bs-p4", "np-ps2-bs", 4, 8, 8, "NP first, restricted PS q=2, then BS"),
+    ("11-bs-1x1", "bs-ps-np-cs", 4, 1, 1, "a single pixel, padded to one block"),
+]
+
+
+def subkey(key: Key, name: str) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=SALT, info=name.encode()).derive(key.to_bytes())
+
+
+def make(name: str, text: str, p: int, h: int, w: int, description: str) -> dict:
+    key = Key(hashlib.sha256(f"encseg test vector {name}".encode()).digest())
+    scheme = Scheme.parse(text, block_size=p)
+    rng = np.random.default_rng(int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "little"))
+    img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    labels = rng.integers(0, 19, (h, w), dtype=np.uint8)
+    enc = encrypt(img, key, scheme)
+    H, W = enc.data.shape[:2]
+    plan = make_plan(key, scheme, H // p, W // p)
+    draws = {k: [int(v) for v in np.asarray(d).astype(np.int64)] for k, d in plan.draws.items()}
+    return {
+        "name": name,
+        "description": description,
+        "format_version": 1,
+        "key": key.hex(),
+        "scheme": scheme.to_dict(),
+        "scheme_name": scheme.name,
+        "height": h,
+        "width": w,
+        "padded_height": H,
+        "padded_width": W,
+        "input": img.tobytes().hex(),
+        "streams": {
+            s.name: {"subkey": subkey(key, s.name).hex(), "first_32_bytes": step_stream(key, s.name, 32).hex()}
+            for s in scheme.steps
+        },
+        "draws": draws,
+        "ciphertext": enc.data.tobytes().hex(),
+        "labels": labels.tobytes().hex(),
+        "encrypted_labels": encrypt_mask(labels, key, scheme, fill=255).tobytes().hex(),
+    }
+
+
+def main() -> None:
+    OUT.mkdir(parents=True, exist_ok=True)
+    for case in CASES:
+        v = make(*case)
+        (OUT / f"{case[0]}.json").write_text(json.dumps(v, indent=1) + "\n")
+    print(f"wrote {len(CASES)} vectors to {OUT}")
+
+
+if __name__ == "__main__":
+    main()

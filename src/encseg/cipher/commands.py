@@ -1,0 +1,119 @@
+"""CLI: keygen, encrypt, decrypt, decrypt-mask."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from encseg.cipher.io import (
+    DEFAULT_MAX_PIXELS,
+    encode_png,
+    load_encrypted,
+    png_metadata,
+    read_image,
+    read_label_png,
+    require_png_path,
+    save_encrypted,
+    write_atomic,
+)
+from encseg.cipher.keys import Key, load_key, save_key
+from encseg.cipher.scheme import DEFAULT_SCHEME, PRESETS, Scheme
+from encseg.cipher.transform import decrypt, decrypt_mask, encrypt
+from encseg.errors import UserError
+
+_SCHEME_HELP = "preset (" + ", ".join(PRESETS) + ") or codes bs, ps, ps<q>, np, cs joined by '-'"
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'HxW' -> (H, W)."""
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise UserError(f"size must look like HEIGHTxWIDTH, e.g. 1024x2048 (got {text!r})") from None
+    if h <= 0 or w <= 0:
+        raise UserError(f"size must be positive (got {text!r})")
+    return h, w
+
+
+def keygen(out: Path = typer.Option(..., "--out", "-o", help="key file to create (mode 0600)"),
+           force: bool = typer.Option(False, help="overwrite an existing key file")) -> None:
+    """Make a fresh 256-bit key and write it to a 0600 file (it is never printed)."""
+    save_key(Key.generate(), out, overwrite=force)
+    typer.echo(f"wrote a new key to {out} (mode 0600)")
+
+
+def encrypt_cmd(
+    image: Path = typer.Argument(..., help="plain image (PNG, JPEG, ... 8-bit RGB)"),
+    out: Path = typer.Option(..., "--out", "-o", help="encrypted image to write (.png)"),
+    scheme: str = typer.Option(DEFAULT_SCHEME, help=_SCHEME_HELP),
+    block_size: int = typer.Option(16, help="block size p (the ViT patch size)"),
+    key_out: Optional[Path] = typer.Option(None, help="write the fresh key here (0600); without it the key is discarded"),
+    key: Optional[Path] = typer.Option(None, help="use this existing key file instead of a fresh key"),
+    max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, help="refuse images with more pixels than this"),
+) -> None:
+    """Encrypt an image with a fresh per-image key and write it as PNG."""
+    require_png_path(out)
+    if key is not None and key_out is not None:
+        raise UserError("use either --key (an existing key) or --key-out (save the fresh key), not both")
+    s = Scheme.parse(scheme, block_size=block_size)
+    img = read_image(image, max_pixels=max_pixels)
+    k = load_key(key) if key is not None else Key.generate()
+    if key_out is not None:
+        save_key(k, key_out)  # before the ciphertext: never leave an image nobody can decrypt
+    enc = encrypt(img, k, s)
+    save_encrypted(out, enc)
+    h, w = enc.data.shape[:2]
+    typer.echo(f"encrypted {image} ({img.shape[0]}x{img.shape[1]}) -> {out} ({h}x{w}, scheme {s.name})")
+    if key is None and key_out is None:
+        typer.echo("the key was discarded (no --key-out): nobody can decrypt this image", err=True)
+
+
+def decrypt_cmd(
+    image: Path = typer.Argument(..., help="encrypted PNG written by `encseg encrypt`"),
+    key: Path = typer.Option(..., help="key file"),
+    out: Path = typer.Option(..., "--out", "-o", help="decrypted image to write (.png)"),
+    scheme: Optional[str] = typer.Option(None, help="override the scheme recorded in the PNG"),
+    block_size: int = typer.Option(16),
+    size: Optional[str] = typer.Option(None, help="original HxW, if the PNG records none"),
+) -> None:
+    """Decrypt an encrypted PNG with its key."""
+    require_png_path(out)
+    s = Scheme.parse(scheme, block_size=block_size) if scheme else None
+    enc = load_encrypted(image, s, parse_size(size) if size else None)
+    write_atomic(out, encode_png(decrypt(enc, load_key(key))))
+    typer.echo(f"decrypted {image} -> {out}")
+
+
+def decrypt_mask_cmd(
+    mask: Path = typer.Argument(..., help="label map PNG in encrypted geometry (from the server)"),
+    key: Path = typer.Option(..., help="key file of the image"),
+    out: Path = typer.Option(..., "--out", "-o", help="label map to write (.png)"),
+    like: Optional[Path] = typer.Option(None, help="the encrypted PNG it belongs to (scheme + size)"),
+    scheme: Optional[str] = typer.Option(None, help="scheme, if --like is not given"),
+    block_size: int = typer.Option(16),
+    size: Optional[str] = typer.Option(None, help="original HxW, if --like is not given"),
+) -> None:
+    """Undo the geometry of a label map returned for an encrypted image, and crop the padding."""
+    require_png_path(out)
+    labels = read_label_png(mask)
+    meta = png_metadata(mask.read_bytes())
+    if like is not None:
+        if not like.is_file():
+            raise UserError(f"{like} does not exist or is not a file")
+        meta = png_metadata(like.read_bytes()) or meta
+    s = Scheme.parse(scheme, block_size=block_size) if scheme else (meta[0] if meta else None)
+    hw = parse_size(size) if size else (meta[1] if meta else None)
+    if s is None or hw is None:
+        raise UserError("pass --like ENCRYPTED.png, or --scheme and --size, to say how the image was encrypted")
+    s.check_size(*labels.shape)
+    write_atomic(out, encode_png(decrypt_mask(labels, load_key(key), s, hw)))
+    typer.echo(f"decrypted label map {mask} -> {out}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("keygen")(keygen)
+    app.command("encrypt")(encrypt_cmd)
+    app.command("decrypt")(decrypt_cmd)
+    app.command("decrypt-mask")(decrypt_mask_cmd)

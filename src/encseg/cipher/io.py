@@ -1,0 +1,200 @@
+"""Reading and writing images safely: size limits before decoding, clear refusals of modes the cipher
+cannot carry, and encrypted PNGs that carry their scheme and original size (never a key)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import struct
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, PngImagePlugin
+
+from encseg.cipher.scheme import FORMAT_VERSION, Scheme
+from encseg.cipher.transform import EncryptedImage
+from encseg.errors import UserError
+
+DEFAULT_MAX_PIXELS = int(os.environ.get("ENCSEG_MAX_PIXELS", 64 * 1024 * 1024))
+METADATA_CHUNK = "encseg"  # PNG tEXt keyword holding {"version", "scheme", "original_size"}
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def png_header(data: bytes) -> tuple[int, int, int, int] | None:
+    """(width, height, bit_depth, colour_type) from a PNG's IHDR without decoding, or None if not PNG."""
+    if len(data) < 29 or not data.startswith(_PNG_SIGNATURE) or data[12:16] != b"IHDR":
+        return None
+    width, height, depth, ctype = struct.unpack(">IIBB", data[16:26])
+    return width, height, depth, ctype
+
+
+def _describe_refusal(mode: str) -> str | None:
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        return f"images with an alpha channel ({mode}) are refused: flatten them onto a background first"
+    if mode.startswith("I") or mode == "F":
+        return f"{mode} images (16-bit or more per channel) are refused: the cipher works on 8-bit RGB"
+    if mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+        return f"{mode} images are refused: convert to 8-bit RGB first"
+    return None
+
+
+def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, what: str = "image") -> np.ndarray:
+    """Decode image bytes into uint8 HxWx3 RGB, checking the pixel count before any decoding."""
+    if not data:
+        raise UserError(f"{what} is empty")
+    hdr = png_header(data)
+    if hdr is not None:
+        w, h, depth, ctype = hdr
+        if depth == 16:
+            raise UserError(f"{what} is a 16-bit PNG: the cipher works on 8-bit RGB; convert it first")
+        if ctype in (4, 6):
+            raise UserError(f"{what} has an alpha channel: flatten it onto a background first")
+        if w * h > max_pixels:
+            raise UserError(f"{what} is {w}x{h} = {w * h} pixels, over the limit of {max_pixels}")
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            w, h = im.size
+            if w * h > max_pixels:
+                raise UserError(f"{what} is {w}x{h} = {w * h} pixels, over the limit of {max_pixels}")
+            if w == 0 or h == 0:
+                raise UserError(f"{what} has zero width or height")
+            reason = _describe_refusal(im.mode)
+            if reason:
+                raise UserError(f"{what}: {reason}")
+            if im.mode == "P" and "transparency" in im.info:
+                raise UserError(f"{what} has a transparent palette entry (alpha): flatten it first")
+            im.load()
+            rgb = im.convert("RGB") if im.mode != "RGB" else im
+            return np.asarray(rgb, dtype=np.uint8).copy()
+    except UserError:
+        raise
+    except Image.DecompressionBombError:
+        raise UserError(f"{what} is too large to decode safely (decompression bomb)") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise UserError(f"{what} is not a readable image ({type(exc).__name__})") from None
+
+
+def read_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Read an image file as uint8 HxWx3 RGB with the checks of decode_image."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise UserError(f"{path} does not exist") from None
+    except IsADirectoryError:
+        raise UserError(f"{path} is a directory, not an image") from None
+    except OSError as exc:
+        raise UserError(f"cannot read {path}: {exc.strerror}") from None
+    return decode_image(data, max_pixels=max_pixels, what=str(path))
+
+
+def require_png_path(path: str | os.PathLike) -> Path:
+    """Encrypted images and label maps are stored losslessly: refuse any other extension."""
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise UserError(
+            f"{path}: encrypted images and label maps are written as PNG only; lossy formats such as JPEG "
+            "blur across block edges and mix pixels of different blocks, which breaks decryption"
+        )
+    return path
+
+
+def encode_png(array: np.ndarray, text: dict[str, str] | None = None) -> bytes:
+    """PNG bytes of a uint8 HxW or HxWx3 array, with optional tEXt chunks."""
+    info = None
+    if text:
+        info = PngImagePlugin.PngInfo()
+        for k, v in text.items():
+            info.add_text(k, v)
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(array)).save(buf, format="PNG", pnginfo=info, compress_level=1)
+    return buf.getvalue()
+
+
+def write_atomic(path: str | os.PathLike, data: bytes) -> Path:
+    """Write bytes via a temporary file in the same folder and a rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def metadata_text(scheme: Scheme, original_size: tuple[int, int]) -> dict[str, str]:
+    meta = {"version": FORMAT_VERSION, "scheme": scheme.to_dict(), "original_size": list(original_size)}
+    return {METADATA_CHUNK: json.dumps(meta, separators=(",", ":"))}
+
+
+def parse_metadata(text: str) -> tuple[Scheme, tuple[int, int]]:
+    try:
+        meta = json.loads(text)
+        scheme = Scheme.from_dict(meta["scheme"])
+        h, w = (int(v) for v in meta["original_size"])
+    except UserError:
+        raise
+    except (ValueError, KeyError, TypeError):
+        raise UserError("the encseg metadata chunk is malformed") from None
+    return scheme, (h, w)
+
+
+def png_metadata(data: bytes) -> tuple[Scheme, tuple[int, int]] | None:
+    """The scheme and original size recorded in an encrypted PNG, or None if it has no encseg chunk."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            text = im.text.get(METADATA_CHUNK) if hasattr(im, "text") else None
+    except Exception:
+        return None
+    return parse_metadata(text) if text else None
+
+
+def save_encrypted(path: str | os.PathLike, enc: EncryptedImage) -> Path:
+    """Write an encrypted image as PNG with its scheme and original size in a tEXt chunk."""
+    path = require_png_path(path)
+    return write_atomic(path, encode_png(enc.data, metadata_text(enc.scheme, enc.original_size)))
+
+
+def load_encrypted(path: str | os.PathLike, scheme: Scheme | None = None,
+                   original_size: tuple[int, int] | None = None, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> EncryptedImage:
+    """Read an encrypted PNG; scheme and size come from its metadata unless given explicitly."""
+    path = Path(path)
+    data = Path(path).read_bytes() if path.is_file() else None
+    if data is None:
+        raise UserError(f"{path} does not exist or is not a file")
+    if png_header(data) is None:
+        raise UserError(f"{path} is not a PNG; encrypted images are always PNG")
+    arr = decode_image(data, max_pixels=max_pixels, what=str(path))
+    meta = png_metadata(data)
+    if scheme is None:
+        if meta is None:
+            raise UserError(f"{path} carries no encseg metadata; pass --scheme (and --size) explicitly")
+        scheme = meta[0]
+    if original_size is None:
+        original_size = meta[1] if meta else tuple(arr.shape[:2])
+    scheme.check_size(*arr.shape[:2])
+    return EncryptedImage(arr, tuple(original_size), scheme)
+
+
+def read_label_png(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """A label map PNG (mode L or P, 8-bit) as uint8 HxW."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path} does not exist or is not a file")
+    data = path.read_bytes()
+    hdr = png_header(data)
+    if hdr is None:
+        raise UserError(f"{path} is not a PNG; label maps are PNG")
+    w, h, depth, ctype = hdr
+    if w * h > max_pixels:
+        raise UserError(f"{path} is {w}x{h} = {w * h} pixels, over the limit of {max_pixels}")
+    if depth > 8 or ctype not in (0, 3):
+        raise UserError(f"{path} is not an 8-bit single-channel label map (PNG colour type {ctype}, depth {depth})")
+    with Image.open(io.BytesIO(data)) as im:
+        return np.asarray(im, dtype=np.uint8).copy()

@@ -1,0 +1,210 @@
+"""Cipher behaviour: exact inverses, label-map correspondence, key handling, schemes, uniformity."""
+
+import hashlib
+import os
+import pickle
+import stat
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+from encseg.cipher import (
+    PRESETS, CipherTransform, Key, Scheme, apply_geometry, decrypt, decrypt_mask, encrypt, encrypt_mask,
+    load_key, make_plan, save_key,
+)
+from encseg.cipher.reference import reference_encrypt
+from encseg.errors import UserError
+
+PRESET_NAMES = list(PRESETS)
+
+
+def scheme_strategy():
+    @st.composite
+    def build(draw):
+        name = draw(st.sampled_from(PRESET_NAMES + ["cs-np-bs", "np-ps2-bs", "ps2-cs"]))
+        sizes = [p for p in (1, 2, 4, 8, 16) if not any(c.isdigit() for c in name) or p % 4 == 0 or ("ps2" in name and p % 2 == 0)]
+        return Scheme.parse(name, block_size=draw(st.sampled_from(sizes)))
+
+    return build()
+
+
+@settings(max_examples=150, deadline=None)
+@given(scheme=scheme_strategy(), h=st.integers(1, 40), w=st.integers(1, 40), seed=st.integers(0, 2**32 - 1))
+def test_decrypt_inverts_encrypt_for_any_shape_scheme_and_key(scheme, h, w, seed):
+    img = np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    key = Key(hashlib.sha256(seed.to_bytes(8, "little")).digest())
+    enc = encrypt(img, key, scheme)
+    p = scheme.block_size
+    assert enc.data.shape == (h + (-h % p), w + (-w % p), 3) and enc.original_size == (h, w)
+    assert np.array_equal(decrypt(enc, key), img)
+
+
+@settings(max_examples=40, deadline=None)
+@given(scheme=scheme_strategy(), h=st.integers(1, 24), w=st.integers(1, 24), seed=st.integers(0, 2**32 - 1))
+def test_fused_implementation_equals_the_block_loop_reference(scheme, h, w, seed):
+    img = np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    key = Key(hashlib.sha256(b"ref" + seed.to_bytes(8, "little")).digest())
+    assert np.array_equal(encrypt(img, key, scheme).data, reference_encrypt(img, key, scheme))
+
+
+@pytest.mark.parametrize("name", PRESET_NAMES)
+def test_label_map_follows_every_encrypted_pixel_back_to_where_it_came_from(name):
+    # 8x16 grey image whose pixel values 0..127 are unique ids; NP maps v -> 255 - v (>= 128) and CS
+    # permutes equal channels, so an encrypted pixel still names its source pixel.
+    scheme = Scheme.parse(name, block_size=4)
+    ids = np.arange(128, dtype=np.uint8).reshape(8, 16)
+    img = np.repeat(ids[:, :, None], 3, axis=2)
+    key = Key.generate()
+    enc = encrypt(img, key, scheme).data
+    assert (enc == enc[:, :, :1]).all()
+    source_of_each_encrypted_pixel = np.minimum(enc[:, :, 0], 255 - enc[:, :, 0])
+    assert np.array_equal(source_of_each_encrypted_pixel, encrypt_mask(ids, key, scheme))
+    labels = (ids * 7 % 19).astype(np.uint8)  # a label map of the same scene
+    assert np.array_equal(decrypt_mask(encrypt_mask(labels, key, scheme), key, scheme, (8, 16)), labels)
+
+
+def test_decrypt_mask_handles_logits_in_numpy_and_torch_and_crops_padding():
+    scheme, key = Scheme.parse("bs-ps-np-cs", block_size=4), Key.generate()
+    labels = np.random.default_rng(1).integers(0, 5, (10, 13)).astype(np.uint8)
+    enc_labels = encrypt_mask(labels, key, scheme)
+    assert enc_labels.shape == (12, 16)
+    logits = np.eye(5, dtype=np.float32)[np.where(enc_labels == 255, 0, enc_labels)].transpose(2, 0, 1)
+    back = decrypt_mask(logits, key, scheme, (10, 13))
+    assert back.shape == (5, 10, 13) and np.array_equal(back.argmax(0), labels)
+    back_t = decrypt_mask(torch.from_numpy(logits)[None], key, scheme, (10, 13))
+    assert isinstance(back_t, torch.Tensor) and back_t.shape == (1, 5, 10, 13)
+    assert np.array_equal(back_t[0].argmax(0).numpy(), labels)
+    assert np.array_equal(apply_geometry(apply_geometry(logits, key, scheme), key, scheme, inverse=True), logits)
+
+
+def test_same_key_same_output_and_different_keys_different_permutations():
+    img = np.random.default_rng(2).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    scheme = Scheme.parse("bs-ps-np-cs")
+    k1, k2 = Key.generate(), Key.generate()
+    assert np.array_equal(encrypt(img, k1, scheme).data, encrypt(img, Key(k1.to_bytes()), scheme).data)
+    p1, p2 = make_plan(k1, scheme, 4, 4), make_plan(k2, scheme, 4, 4)
+    assert not np.array_equal(p1.block_src, p2.block_src)
+    assert not np.array_equal(p1.pixel_src, p2.pixel_src)
+    assert not np.array_equal(encrypt(img, k1, scheme).data, encrypt(img, k2, scheme).data)
+
+
+def test_block_positions_after_scrambling_are_uniform_over_keys():
+    # where does each of 9 blocks land, over 900 fixed keys? chi-square over the 9x9 table (df = 64)
+    n, trials = 9, 900
+    counts = np.zeros((n, n))
+    scheme = Scheme.parse("bs", block_size=1)
+    for i in range(trials):
+        src = make_plan(Key(hashlib.sha256(b"chi%d" % i).digest()), scheme, 3, 3).block_src
+        counts[src, np.arange(n)] += 1  # original block src[b] landed at position b
+    expected = trials / n
+    chi2 = ((counts - expected) ** 2 / expected).sum()
+    assert chi2 < 106.0  # the 0.1% critical value of chi-square with 64 degrees of freedom is ~104.7..106
+
+
+def test_negate_bits_and_channel_orders_are_balanced_over_blocks():
+    plan = make_plan(Key(hashlib.sha256(b"balance").digest()), Scheme.parse("bs-np-cs"), 64, 128)
+    assert abs(plan.negate.mean() - 0.5) < 0.03
+    freq = np.bincount(plan.orders, minlength=6) / plan.orders.size
+    assert np.all(np.abs(freq - 1 / 6) < 0.02)
+
+
+# -- keys ------------------------------------------------------------------------------------------
+
+def test_key_never_shows_its_bytes():
+    key = Key.generate()
+    for text in (repr(key), str(key), f"{key}", f"{key!r}", repr([key]), repr(CipherTransform(Scheme.parse("bs"), "shared", key))):
+        assert key.hex() not in text and key.hex()[:16] not in text
+    with pytest.raises(TypeError):
+        hash(key)
+
+
+def test_key_errors_never_echo_the_material():
+    secret = "ab" * 31 + "zz"
+    with pytest.raises(UserError) as e:
+        Key.from_hex(secret)
+    assert secret not in str(e.value)
+    with pytest.raises(UserError) as e:
+        Key(b"\x01" * 31)
+    assert "31" in str(e.value)
+
+
+def test_key_equality_and_hex_round_trip():
+    key = Key.generate()
+    assert Key.from_hex(key.hex()) == key and Key.from_hex(key.hex().upper()) == key
+    assert Key.generate() != key
+
+
+def test_key_file_is_created_owner_only_and_loads_back(tmp_path):
+    key = Key.generate()
+    path = save_key(key, tmp_path / "k.key")
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert load_key(path) == key
+    with pytest.raises(UserError, match="already exists"):
+        save_key(Key.generate(), path)
+
+
+def test_key_file_readable_by_others_is_refused(tmp_path):
+    path = save_key(Key.generate(), tmp_path / "k.key")
+    os.chmod(path, 0o644)
+    with pytest.raises(UserError, match="other users"):
+        load_key(path)
+
+
+# -- schemes ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", PRESET_NAMES)
+def test_presets_round_trip_through_json_and_name(name):
+    s = Scheme.parse(name)
+    assert Scheme.from_json(s.to_json()) == s
+    assert Scheme.parse(s.name) == s and s.name == name
+
+
+@pytest.mark.parametrize("text,message", [
+    ("bs-xx", "unknown scheme"),
+    ("bs-bs", "appears twice"),
+    ("bs-ps5", "must divide the block size"),
+    ('{"version": 2, "steps": []}', "version"),
+    ('{"block_size": 16, "steps": [{"name": "rotate"}]}', "unknown step"),
+    ('{"block_size": 16, "steps": [{"name": "negative-positive", "group": 2}]}', "only pixel-shuffle"),
+    ('{"block_size": 0, "steps": []}', "block size"),
+    ('{"block_size": 16, "steps": [], "key": "00"}', "unknown scheme fields"),
+    ("{not json", "not valid JSON"),
+])
+def test_invalid_schemes_get_clear_errors(text, message):
+    with pytest.raises(UserError, match=message):
+        Scheme.parse(text)
+
+
+def test_decrypting_an_image_whose_sides_do_not_fit_the_block_size_is_refused():
+    from encseg.cipher import EncryptedImage
+
+    with pytest.raises(UserError, match="multiples of the block size"):
+        decrypt(EncryptedImage(np.zeros((20, 32, 3), np.uint8), (20, 32), Scheme.parse("bs")), Key.generate())
+
+
+def test_non_rgb_arrays_are_refused():
+    with pytest.raises(UserError, match="uint8"):
+        encrypt(np.zeros((4, 4), np.uint8), Key.generate(), Scheme.parse("bs"))
+    with pytest.raises(UserError, match="uint8"):
+        encrypt(np.zeros((4, 4, 3), np.float32), Key.generate(), Scheme.parse("bs"))
+
+
+# -- the loader transform --------------------------------------------------------------------------
+
+def test_cipher_transform_uses_a_fresh_key_per_call_and_survives_pickling():
+    t = pickle.loads(pickle.dumps(CipherTransform(Scheme.parse("bs-np-cs", block_size=4), "per-image")))
+    img = np.random.default_rng(3).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    mask = np.random.default_rng(4).integers(0, 19, (16, 16)).astype(np.uint8)
+    (a, ma), (b, mb) = t(img, mask), t(img, mask)
+    assert not np.array_equal(a, b) and not np.array_equal(ma, mb)
+    assert not any(isinstance(v, Key) for v in vars(t).values() if v is not None)
+
+
+def test_shared_key_transform_is_deterministic_and_none_is_identity():
+    key = Key.generate()
+    img = np.random.default_rng(5).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    t = CipherTransform(Scheme.parse("bs-np-cs", block_size=4), "shared", key)
+    assert np.array_equal(t(img)[0], t(img)[0])
+    assert CipherTransform(Scheme.parse("bs"), "none")(img)[0] is img
