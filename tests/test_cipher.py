@@ -208,3 +208,35 @@ def test_shared_key_transform_is_deterministic_and_none_is_identity():
     t = CipherTransform(Scheme.parse("bs-np-cs", block_size=4), "shared", key)
     assert np.array_equal(t(img)[0], t(img)[0])
     assert CipherTransform(Scheme.parse("bs"), "none")(img)[0] is img
+
+
+@settings(max_examples=60, deadline=None)
+@given(scheme=scheme_strategy(), h=st.integers(1, 48), w=st.integers(1, 48), seed=st.integers(0, 2**32 - 1))
+def test_c_kernel_and_numpy_paths_give_identical_bytes(scheme, h, w, seed):
+    from encseg.cipher import transform
+
+    if not transform.kernel_available():
+        pytest.skip("the optional C kernel was not built (no compiler); the numpy path is tested everywhere else")
+    img = np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    key = Key(hashlib.sha256(b"kernel" + seed.to_bytes(8, "little")).digest())
+    with_kernel = encrypt(img, key, scheme)
+    kernel, transform._kernel = transform._kernel, None
+    try:
+        without = encrypt(img, key, scheme)
+        assert np.array_equal(decrypt(with_kernel, key), img)
+    finally:
+        transform._kernel = kernel
+    assert np.array_equal(with_kernel.data, without.data)
+    assert np.array_equal(decrypt(without, key), img)
+
+
+def test_c_kernel_rejects_buffers_that_do_not_match_the_grid():
+    from encseg.cipher import transform
+
+    if not transform.kernel_available():
+        pytest.skip("the optional C kernel was not built")
+    x = np.zeros((8, 8, 3), np.uint8)
+    with pytest.raises(ValueError):
+        transform._kernel.apply(x, np.empty((8, 4, 3), np.uint8), 2, 2, 4, None, None, None, None, False)
+    with pytest.raises(ValueError, match="out of range"):
+        transform._kernel.apply(x, np.empty_like(x), 2, 2, 4, np.array([0, 1, 2, 9], np.int64), None, None, None, False)

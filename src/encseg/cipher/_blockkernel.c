@@ -1,0 +1,185 @@
+/* encseg cipher kernel: one pass over the image for any format-v1 plan (see transform.py).
+ *
+ * Encrypted block b, pixel j, channel c  =  plain block src[b], pixel psrc[j], channel ord_b[c]  XOR  m_b
+ * where m_b is 0xFF when block b is negated. Encryption gathers with that rule; decryption writes
+ * the same correspondence backwards. Built as an optional extension: transform.py falls back to
+ * numpy when it is missing, and the tests check both paths against the vectors.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+static const uint8_t ORDERS[6][3] = {{0, 1, 2}, {0, 2, 1}, {1, 0, 2}, {1, 2, 0}, {2, 0, 1}, {2, 1, 0}};
+static const uint8_t INVERSE[6] = {0, 1, 2, 4, 3, 5}; /* index of the inverse of each order */
+
+#define ROW(A, B, C)                                                    \
+    for (Py_ssize_t i = 0; i < 3 * p; i += 3) {                         \
+        d[i] = s[i + A] ^ m; d[i + 1] = s[i + B] ^ m; d[i + 2] = s[i + C] ^ m; \
+    }
+
+/* one block row of p pixels: d[3i + c] = s[3i + order[c]] ^ m, specialised per order */
+static inline void row_copy_scalar(uint8_t *restrict d, const uint8_t *restrict s, Py_ssize_t p, int o, uint8_t m) {
+    switch (o) {
+    case 0: if (!m) { memcpy(d, s, (size_t)(3 * p)); return; } ROW(0, 1, 2) break;
+    case 1: ROW(0, 2, 1) break;
+    case 2: ROW(1, 0, 2) break;
+    case 3: ROW(1, 2, 0) break;
+    case 4: ROW(2, 0, 1) break;
+    default: ROW(2, 1, 0) break;
+    }
+}
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <tmmintrin.h>
+/* SSSE3: a 48-byte chunk (16 pixels) is three 16-byte vectors; a channel order moves each byte by at
+ * most 2 places, so output vector v is OR of pshufb(input vector u, MASK[o][v][u]) for u = v-1..v+1. */
+static uint8_t MASKS[6][3][3][16];
+static int have_ssse3 = 0;
+
+static void init_masks(void) {
+    for (int o = 0; o < 6; o++)
+        for (int v = 0; v < 3; v++)
+            for (int u = 0; u < 3; u++)
+                for (int i = 0; i < 16; i++) {
+                    int k = 16 * v + i, src = k - k % 3 + ORDERS[o][k % 3] - 16 * u;
+                    MASKS[o][v][u][i] = (src >= 0 && src < 16) ? (uint8_t)src : 0x80;
+                }
+    __builtin_cpu_init();
+    have_ssse3 = __builtin_cpu_supports("ssse3");
+}
+
+__attribute__((target("ssse3"))) static void row_copy_ssse3(uint8_t *restrict d, const uint8_t *restrict s,
+                                                            Py_ssize_t p, int o, uint8_t m) {
+    const __m128i mm = _mm_set1_epi8((char)m);
+    for (Py_ssize_t off = 0; off < 3 * p; off += 48) {
+        __m128i in[3], out[3];
+        for (int u = 0; u < 3; u++) in[u] = _mm_loadu_si128((const __m128i *)(s + off + 16 * u));
+        for (int v = 0; v < 3; v++) {
+            __m128i acc = _mm_shuffle_epi8(in[v], _mm_loadu_si128((const __m128i *)MASKS[o][v][v]));
+            if (v > 0) acc = _mm_or_si128(acc, _mm_shuffle_epi8(in[v - 1], _mm_loadu_si128((const __m128i *)MASKS[o][v][v - 1])));
+            if (v < 2) acc = _mm_or_si128(acc, _mm_shuffle_epi8(in[v + 1], _mm_loadu_si128((const __m128i *)MASKS[o][v][v + 1])));
+            out[v] = _mm_xor_si128(acc, mm);
+        }
+        for (int v = 0; v < 3; v++) _mm_storeu_si128((__m128i *)(d + off + 16 * v), out[v]);
+    }
+}
+#else
+static void init_masks(void) {}
+static const int have_ssse3 = 0;
+static void row_copy_ssse3(uint8_t *d, const uint8_t *s, Py_ssize_t p, int o, uint8_t m) { row_copy_scalar(d, s, p, o, m); }
+#endif
+
+static inline void row_copy(uint8_t *restrict d, const uint8_t *restrict s, Py_ssize_t p, int o, uint8_t m) {
+    if (o == 0 && !m)
+        memcpy(d, s, (size_t)(3 * p));
+    else if (have_ssse3 && p % 16 == 0)
+        row_copy_ssse3(d, s, p, o, m);
+    else
+        row_copy_scalar(d, s, p, o, m);
+}
+
+static void run(const uint8_t *in, uint8_t *out, Py_ssize_t nh, Py_ssize_t nw, Py_ssize_t p,
+                const int64_t *bsrc, const Py_ssize_t *poff, const uint8_t *neg, const uint8_t *ord,
+                int inverse) {
+    const Py_ssize_t stride = nw * p * 3, n = nh * nw;
+    for (Py_ssize_t b = 0; b < n; b++) {
+        const Py_ssize_t s = bsrc ? (Py_ssize_t)bsrc[b] : b;
+        const Py_ssize_t eoff = (b / nw) * p * stride + (b % nw) * p * 3;  /* encrypted block origin */
+        const Py_ssize_t poff0 = (s / nw) * p * stride + (s % nw) * p * 3; /* plain block origin */
+        const int o = ord ? ord[b] : 0;
+        const uint8_t m = (neg && neg[b]) ? 0xFF : 0;
+        if (!poff) {
+            for (Py_ssize_t r = 0; r < p; r++) {
+                if (!inverse)
+                    row_copy(out + eoff + r * stride, in + poff0 + r * stride, p, o, m);
+                else
+                    row_copy(out + poff0 + r * stride, in + eoff + r * stride, p, INVERSE[o], m);
+            }
+        } else {
+            /* pixel shuffle: gather the row's pixels into tmp (or scatter them from it), then one row_copy */
+            uint8_t tmp[3 * 256];
+            for (Py_ssize_t r = 0; r < p; r++) {
+                const Py_ssize_t *po = poff + r * p;
+                if (!inverse) {
+                    for (Py_ssize_t c = 0; c < p; c++) memcpy(tmp + 3 * c, in + poff0 + po[c], 3);
+                    row_copy(out + eoff + r * stride, tmp, p, o, m);
+                } else {
+                    row_copy(tmp, in + eoff + r * stride, p, INVERSE[o], m);
+                    for (Py_ssize_t c = 0; c < p; c++) memcpy(out + poff0 + po[c], tmp + 3 * c, 3);
+                }
+            }
+        }
+    }
+}
+
+static int opt_buffer(PyObject *obj, Py_buffer *view, Py_ssize_t need, Py_ssize_t itemsize, const char *what) {
+    if (obj == Py_None) { view->buf = NULL; view->obj = NULL; return 0; }
+    if (PyObject_GetBuffer(obj, view, PyBUF_C_CONTIGUOUS) < 0) return -1;
+    if (view->len != need * itemsize) {
+        PyErr_Format(PyExc_ValueError, "%s has %zd bytes, expected %zd", what, view->len, need * itemsize);
+        PyBuffer_Release(view);
+        view->buf = NULL; view->obj = NULL;
+        return -1;
+    }
+    return 0;
+}
+
+/* apply(in, out, nh, nw, p, block_src|None, pixel_src|None, negate|None, orders|None, inverse) */
+static PyObject *apply(PyObject *self, PyObject *args) {
+    Py_buffer in, out, bs = {0}, ps = {0}, ng = {0}, od = {0};
+    Py_ssize_t nh, nw, p;
+    PyObject *bso, *pso, *ngo, *odo;
+    int inverse;
+    if (!PyArg_ParseTuple(args, "y*w*nnnOOOOp", &in, &out, &nh, &nw, &p, &bso, &pso, &ngo, &odo, &inverse))
+        return NULL;
+    PyObject *result = NULL;
+    Py_ssize_t *poff = NULL;
+    const Py_ssize_t n = nh * nw, total = n * p * p * 3;
+    if (nh <= 0 || nw <= 0 || p <= 0 || p > 256 || in.len != total || out.len != total) {
+        PyErr_SetString(PyExc_ValueError, "image buffers do not match the block grid");
+        goto done;
+    }
+    if (opt_buffer(bso, &bs, n, 8, "block_src") || opt_buffer(pso, &ps, p * p, 8, "pixel_src") ||
+        opt_buffer(ngo, &ng, n, 1, "negate") || opt_buffer(odo, &od, n, 1, "orders"))
+        goto done;
+    const int64_t *bsrc = bs.buf, *psrc = ps.buf;
+    const uint8_t *ord = od.buf;
+    for (Py_ssize_t b = 0; bsrc && b < n; b++)
+        if (bsrc[b] < 0 || bsrc[b] >= n) { PyErr_SetString(PyExc_ValueError, "block_src out of range"); goto done; }
+    for (Py_ssize_t b = 0; ord && b < n; b++)
+        if (ord[b] > 5) { PyErr_SetString(PyExc_ValueError, "orders out of range"); goto done; }
+    if (psrc) {
+        poff = PyMem_Malloc(sizeof(Py_ssize_t) * p * p);
+        if (!poff) { PyErr_NoMemory(); goto done; }
+        for (Py_ssize_t j = 0; j < p * p; j++) {
+            if (psrc[j] < 0 || psrc[j] >= p * p) { PyErr_SetString(PyExc_ValueError, "pixel_src out of range"); goto done; }
+            poff[j] = (psrc[j] / p) * nw * p * 3 + (psrc[j] % p) * 3;
+        }
+    }
+    Py_BEGIN_ALLOW_THREADS
+    run(in.buf, out.buf, nh, nw, p, bsrc, poff, ng.buf, ord, inverse);
+    Py_END_ALLOW_THREADS
+    result = Py_NewRef(Py_None);
+done:
+    PyMem_Free(poff);
+    PyBuffer_Release(&in);
+    PyBuffer_Release(&out);
+    if (bs.obj) PyBuffer_Release(&bs);
+    if (ps.obj) PyBuffer_Release(&ps);
+    if (ng.obj) PyBuffer_Release(&ng);
+    if (od.obj) PyBuffer_Release(&od);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"apply", apply, METH_VARARGS, "Encrypt (inverse=False) or decrypt a padded uint8 image with a fused plan."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_blockkernel", "encseg cipher kernel", -1, methods};
+
+PyMODINIT_FUNC PyInit__blockkernel(void) {
+    init_masks();
+    return PyModule_Create(&module);
+}
