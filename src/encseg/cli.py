@@ -24,6 +24,11 @@ app = typer.Typer(
 # Modules that define `register(app)`; each adds the commands of one concern.
 COMMAND_MODULES = [
     "encseg.cipher.commands",
+    "encseg.service.commands",
+    "encseg.models.commands",
+    "encseg.attacks.commands",
+    "encseg.data.commands",
+    "encseg.engine.commands",
 ]
 
 

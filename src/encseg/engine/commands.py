@@ -1,0 +1,90 @@
+"""CLI: `encseg train`, `encseg evaluate`, `encseg experiment`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from encseg.errors import UserError
+
+
+def train_cmd(
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="TOML file ([model] [data] [encryption] [optim] [run])"),
+    preset: Optional[str] = typer.Option(None, help="named preset: cityscapes-pup-large, streets-cpu, smoke"),
+    set_: List[str] = typer.Option([], "--set", help="override one setting, e.g. --set run.steps=500 (repeatable)"),
+    resume: bool = typer.Option(False, help="continue from OUT/latest.json (same steps, same data order)"),
+    stop_after: Optional[int] = typer.Option(None, help="stop (with a checkpoint) after this many steps of this invocation"),
+    progress: bool = typer.Option(True, help="show a progress bar"),
+) -> None:
+    """Train SETR on plain, shared-key or per-image-key encrypted images (DDP under torchrun)."""
+    from encseg.engine.config import load_config
+    from encseg.engine.train import train
+
+    if config is None and preset is None:
+        raise UserError("give --config FILE.toml or --preset NAME")
+    cfg = load_config(config, preset, set_)
+    final = train(cfg, resume=resume, progress=progress, stop_after=stop_after)
+    if final.exists() and os.environ.get("RANK", "0") == "0":
+        typer.echo(f"model: {final}")
+
+
+def evaluate_cmd(
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="model.safetensors (its .json beside it)"),
+    data: Path = typer.Option(..., "--data", help="dataset folder in the Cityscapes layout"),
+    split: str = typer.Option("val", help="split to score"),
+    encryption: str = typer.Option("none", help="none | per-image (a fresh key per test image) | shared"),
+    scheme: Optional[str] = typer.Option(None, help="cipher scheme (default: the one the model was trained with)"),
+    key: Optional[Path] = typer.Option(None, help="shared mode: the key file"),
+    crop: Optional[int] = typer.Option(None, help="sliding-window crop (pixels, a multiple of the patch size); default whole image"),
+    stride: Optional[int] = typer.Option(None, help="sliding-window stride (default: the crop)"),
+    batch_size: int = typer.Option(4, help="images per forward pass"),
+    limit: Optional[int] = typer.Option(None, help="score only the first N images"),
+    save_png: Optional[Path] = typer.Option(None, help="write colourised predictions here"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="write the result as JSON"),
+    device: str = typer.Option("auto", help="auto | cpu | cuda"),
+) -> None:
+    """mIoU (Cityscapes protocol) of a checkpoint, on plain or encrypted test images."""
+    from encseg.cipher import Scheme, load_key
+    from encseg.data.cityscapes import CityscapesDataset
+    from encseg.engine.distributed import pick_device
+    from encseg.engine.evaluate import evaluate, write_result
+    from encseg.models import load_checkpoint
+
+    dev = pick_device(device)
+    model, config, extra = load_checkpoint(checkpoint, dev)
+    trained = (extra.get("train_config") or {}).get("encryption", {})
+    s = None
+    if encryption != "none":
+        s = Scheme.parse(scheme or trained.get("scheme") or "bs-np-cs", block_size=config.patch_size)
+    shared = load_key(key) if key is not None else None
+    ds = CityscapesDataset(data, split)
+    result = evaluate(model, ds, dev, encryption, s, shared, crop, stride, batch_size, save_png, limit, progress=True)
+    typer.echo(result.table())
+    mode = "plain test images" if encryption == "none" else f"{encryption} keys, scheme {s.name}"
+    typer.echo(f"mIoU {result.miou:.2f} over {result.images} images ({mode}); pixel accuracy {result.pixel_accuracy:.2f}")
+    if json_out is not None:
+        write_result(result, json_out, {"checkpoint": str(checkpoint), "data": str(data), "split": split})
+
+
+def experiment_cmd(
+    budget: str = typer.Option("cpu-small", help="cpu-small (CPU, < 90 min on 2 cores) or gpu-small"),
+    out: Path = typer.Option(Path("runs/experiment"), help="working folder (runs are skipped when already done)"),
+    data: Optional[Path] = typer.Option(None, help="benchmark folder (default: data/streets-<budget>)"),
+    results: Path = typer.Option(Path("docs/results.md"), help="Markdown report to write"),
+    chart: Path = typer.Option(Path("docs/results.png"), help="bar chart to write"),
+    demo_out: Optional[Path] = typer.Option(None, help="also write the best per-image-key model here (fp16) as the demo model"),
+    only: Optional[str] = typer.Option(None, help="comma-separated run names to (re)do, for debugging"),
+) -> None:
+    """The paper's table on the procedural street benchmark: plain, shared key, per-image keys."""
+    from encseg.engine.experiment import run_experiment
+
+    run_experiment(budget, out, data, results, chart, demo_out, only.split(",") if only else None)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train_cmd)
+    app.command("evaluate")(evaluate_cmd)
+    app.command("experiment")(experiment_cmd)

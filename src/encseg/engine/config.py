@@ -1,0 +1,254 @@
+"""Training configuration: dataclasses, named presets, TOML files and `--set section.key=value` overrides.
+
+A TOML file has the sections [model] (any `SETRConfig` field), [data], [encryption], [optim] and
+[run]; a top-level `preset = "NAME"` starts from a preset and the file overrides it:
+
+    preset = "streets-cpu"
+    [encryption]
+    mode = "per-image"
+    scheme = "bs-np-cs"
+    [run]
+    steps = 2000
+    out = "runs/per-image"
+"""
+
+from __future__ import annotations
+
+import copy
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from encseg.errors import UserError
+from encseg.models import SETRConfig
+
+ENCRYPTION_MODES = ("none", "shared", "per-image")
+OPTIMIZERS = ("sgd", "adamw")
+
+
+@dataclass
+class DataConfig:
+    root: str = "data/streets"
+    split: str = "train"
+    crop: tuple[int, int] = (512, 512)  # (H, W) training crop
+    base_size: tuple[int, int] | None = None  # (H, W) the random ratio applies to; None: native size
+    ratio_range: tuple[float, float] = (0.5, 2.0)
+    cat_max_ratio: float = 0.75
+    flip_prob: float = 0.5
+    photometric: bool = True
+    workers: int = 2  # loader processes per training process (0: load in the main process)
+
+
+@dataclass
+class EncryptionConfig:
+    mode: str = "none"  # "none" | "shared" (one key for all, the 2022 setting) | "per-image" (the paper)
+    scheme: str = "bs-np-cs"  # a cipher preset or code list; its block size is the model's patch size
+    key_file: str | None = None  # shared mode: the key file (created 0600 in the run folder if unset)
+
+
+@dataclass
+class OptimConfig:
+    name: str = "sgd"  # "sgd" (SETR: momentum, poly, heads x10) | "adamw"
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    head_lr_mult: float = 10.0
+    power: float = 0.9  # poly decay power
+    min_lr: float = 1e-4  # poly floor (eta_min), scaled by each group's multiplier
+    warmup_steps: int = 0  # linear warm-up from 0 (not in SETR's recipe; helps from-scratch AdamW)
+    grad_clip: float = 0.0  # max gradient norm; 0 = off
+
+
+@dataclass
+class RunConfig:
+    steps: int = 80000  # optimizer steps
+    batch_size: int = 8  # images per process per micro-step
+    accum: int = 1  # micro-steps per optimizer step (global batch = batch_size x accum x processes)
+    amp: str = "auto"  # "auto": bf16 autocast on CUDA only | "bf16" | "off"
+    seed: int = 0
+    out: str = "runs/train"
+    ckpt_every: int = 1000
+    keep: int = 2  # checkpoints kept besides the final model
+    log_every: int = 10
+    device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
+    threads: int = 0  # torch CPU threads per process (0: torch's default)
+
+
+@dataclass
+class TrainConfig:
+    model: SETRConfig = field(default_factory=SETRConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    encryption: EncryptionConfig = field(default_factory=EncryptionConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def validate(self) -> "TrainConfig":
+        e, o, r, d = self.encryption, self.optim, self.run, self.data
+        if e.mode not in ENCRYPTION_MODES:
+            raise UserError(f"encryption.mode must be one of {', '.join(ENCRYPTION_MODES)} (got {e.mode!r})")
+        if o.name not in OPTIMIZERS:
+            raise UserError(f"optim.name must be one of {', '.join(OPTIMIZERS)} (got {o.name!r})")
+        if r.amp not in ("auto", "bf16", "off"):
+            raise UserError(f"run.amp must be auto, bf16 or off (got {r.amp!r})")
+        for name in ("steps", "batch_size", "accum", "ckpt_every", "log_every"):
+            if getattr(r, name) < 1:
+                raise UserError(f"run.{name} must be at least 1")
+        p = self.model.patch_size
+        if d.crop[0] % p or d.crop[1] % p:
+            raise UserError(f"data.crop {list(d.crop)} must be a multiple of the patch size {p}")
+        if e.mode != "none":
+            self.scheme()  # parses and validates
+        return self
+
+    def scheme(self):
+        from encseg.cipher import Scheme
+
+        return Scheme.parse(self.encryption.scheme, block_size=self.model.patch_size)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["model"] = self.model.to_dict()
+        return _lists(d)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        cfg = cls()
+        apply_dict(cfg, d)
+        return cfg.validate()
+
+
+def _lists(x):
+    """Tuples -> lists, recursively (TOML/JSON friendly)."""
+    if isinstance(x, dict):
+        return {k: _lists(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_lists(v) for v in x]
+    return x
+
+
+SECTIONS = ("model", "data", "encryption", "optim", "run")
+
+
+def _coerce(current: Any, value: Any, name: str) -> Any:
+    """Convert a TOML value to the type of the field it replaces (tuples from lists, floats from ints)."""
+    if isinstance(current, tuple) or (current is None and isinstance(value, list)):
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"{name} expects a list such as [512, 512] (got {value!r})")
+        return tuple(value)
+    if isinstance(current, bool):
+        if not isinstance(value, bool):
+            raise UserError(f"{name} expects true or false (got {value!r})")
+        return value
+    if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(current, int) and not isinstance(value, int):
+        raise UserError(f"{name} expects an integer (got {value!r})")
+    return value
+
+
+def apply_dict(cfg: TrainConfig, d: dict) -> None:
+    """Override `cfg` in place from {section: {field: value}}; unknown names are errors."""
+    for section, values in d.items():
+        if section not in SECTIONS:
+            raise UserError(f"unknown config section [{section}]; sections: {', '.join(SECTIONS)}")
+        if not isinstance(values, dict):
+            raise UserError(f"[{section}] must be a table of settings")
+        target = getattr(cfg, section)
+        known = {f.name for f in fields(target)}
+        for key, value in values.items():
+            if key not in known:
+                raise UserError(f"unknown setting {section}.{key}; known: {', '.join(sorted(known))}")
+            setattr(target, key, _coerce(getattr(target, key), value, f"{section}.{key}"))
+    if "model" in d:  # re-run SETRConfig's own validation
+        cfg.model = SETRConfig.from_dict(cfg.model.to_dict())
+
+
+def parse_override(text: str) -> dict:
+    """'run.steps=100' -> {'run': {'steps': 100}}; the value is read as TOML, else as a string."""
+    if "=" not in text or "." not in text.split("=", 1)[0]:
+        raise UserError(f"--set expects section.key=value (got {text!r})")
+    path, raw = text.split("=", 1)
+    section, key = path.strip().split(".", 1)
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return {section: {key: value}}
+
+
+# -- presets --------------------------------------------------------------------------------------
+
+
+def _cityscapes_pup_large() -> TrainConfig:
+    """The paper-size setting: ViT-L/16 SETR-PUP on Cityscapes, 768x768 crops, batch 8, 80k iterations
+    (run with 8 processes x batch 1 under torchrun; SyncBatchNorm on CUDA)."""
+    return TrainConfig(
+        model=SETRConfig(encoder="vit-large", decoder="pup", img_size=(768, 768), norm="syncbn"),
+        data=DataConfig(root="data/cityscapes", crop=(768, 768), base_size=(1024, 2048), workers=4),
+        encryption=EncryptionConfig(mode="per-image", scheme="bs-np-cs"),
+        optim=OptimConfig(name="sgd", lr=0.01, momentum=0.9, weight_decay=0.0, head_lr_mult=10.0, min_lr=1e-4),
+        run=RunConfig(steps=80000, batch_size=1, out="runs/cityscapes-pup-large", ckpt_every=4000, log_every=50),
+    )
+
+
+def _streets_cpu() -> TrainConfig:
+    """The CPU budget on the procedural street benchmark (see `encseg.engine.experiment`)."""
+    return TrainConfig(
+        model=SETRConfig(encoder="vit-tiny-6", decoder="pup", img_size=(128, 256), aux=True),
+        data=DataConfig(root="data/streets-cpu", crop=(128, 256), ratio_range=(0.75, 1.5), workers=1),
+        encryption=EncryptionConfig(mode="none"),
+        optim=OptimConfig(name="adamw", lr=1e-3, weight_decay=0.01, head_lr_mult=1.0, min_lr=1e-5, warmup_steps=50, grad_clip=1.0),
+        run=RunConfig(steps=1000, batch_size=8, out="runs/streets-cpu", ckpt_every=250, log_every=10, threads=2),
+    )
+
+
+def _smoke() -> TrainConfig:
+    """A seconds-long run for tests and a first look: a 2-layer ViT on 64x128 crops."""
+    return TrainConfig(
+        model=SETRConfig(encoder="vit-tiny-6", decoder="naive", img_size=(64, 128), channels=32),
+        data=DataConfig(root="data/streets-smoke", crop=(64, 128), ratio_range=(0.75, 1.25), workers=0),
+        encryption=EncryptionConfig(mode="none"),
+        optim=OptimConfig(name="sgd", lr=0.01),
+        run=RunConfig(steps=10, batch_size=2, out="runs/smoke", ckpt_every=5, log_every=1),
+    )
+
+
+PRESETS = {
+    "cityscapes-pup-large": _cityscapes_pup_large,
+    "streets-cpu": _streets_cpu,
+    "smoke": _smoke,
+}
+
+
+def preset(name: str) -> TrainConfig:
+    if name not in PRESETS:
+        raise UserError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}")
+    return PRESETS[name]()
+
+
+def load_config(path: str | Path | None = None, preset_name: str | None = None, overrides: list[str] = ()) -> TrainConfig:
+    """Preset (or defaults), then the TOML file, then `--set` overrides; validated."""
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            data = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise UserError(f"config file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise UserError(f"{path} is not valid TOML: {exc}") from None
+        file_preset = data.pop("preset", None)
+        if file_preset and preset_name and file_preset != preset_name:
+            raise UserError(f"{path} names preset {file_preset!r} but --preset says {preset_name!r}")
+        preset_name = preset_name or file_preset
+    cfg = preset(preset_name) if preset_name else TrainConfig()
+    apply_dict(cfg, data)
+    for text in overrides:
+        apply_dict(cfg, parse_override(text))
+    return cfg.validate()
+
+
+def clone(cfg: TrainConfig) -> TrainConfig:
+    return copy.deepcopy(cfg)

@@ -1,0 +1,170 @@
+"""SETR (Zheng et al., CVPR 2021): a ViT encoder and a Naive, PUP or MLA decoder, plus our key-invariant variant.
+
+`build_setr(SETRConfig(...))` is the one public constructor. In training mode the model returns
+{"out": logits, "aux": [logits, ...]} (auxiliary heads, loss weight `config.aux_weight` each); in
+eval mode it returns the logits [B, C, H, W] alone. Inputs are ImageNet-normalised floats
+(`encseg.models.normalize`) of any size that is a multiple of the patch size.
+
+The key-invariant variant (`decoder="token"`, `position_embedding=False`) is built for images whose
+blocks are scrambled with a fresh key per image: no position embedding, and a decoder that turns
+each token into its own p x p patch of logits, so `model(BS(x)) == BS(model(x))` by construction.
+With `invariant_embedding=True` the patch embedding pools a per-pixel MLP over the block and the
+decoder works per pixel, so `model(PS(x)) == PS(model(x))` holds too (pixel shuffle in blocks).
+What it gives up, by construction and for every image, scrambled or not:
+- no absolute position prior (sky at the top, road at the bottom): the encoder sees a set of tokens;
+- no convolution across neighbouring tokens in the decoder, so no smoothing of boundaries between
+  patches; logits are decided patch by patch (or pixel by pixel, from its own block only);
+- with `invariant_embedding`, no texture or edge layout inside a block: only the block's
+  distribution of pixel values (mean, max and learned per-pixel features) reaches the encoder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+import torch
+from torch import nn
+
+from encseg.errors import UserError
+from encseg.models.heads import (
+    ClassifierHead,
+    MLAHead,
+    MLANeck,
+    PixelHead,
+    TokenHead,
+    naive_head,
+    pup_head,
+    up_aux_head,
+)
+from encseg.models.vit import VIT_PRESETS, ViT
+
+DECODERS = ("naive", "pup", "mla", "token")
+NORMS = ("bn", "syncbn", "gn")
+
+# Layer taps of the reference (ViT-L, 24 layers, 0-indexed); scaled for other depths by `scale_taps`.
+REFERENCE_TAPS = {"naive": (9, 14, 19, 23), "pup": (9, 14, 19, 23), "token": (9, 14, 19, 23), "mla": (5, 11, 17, 23)}
+
+
+@dataclass
+class SETRConfig:
+    """Everything needed to rebuild a SETR model; stored as JSON beside every checkpoint."""
+
+    encoder: str = "vit-large"  # one of VIT_PRESETS
+    decoder: str = "pup"  # "naive" | "pup" | "mla" | "token" (key-invariant)
+    num_classes: int = 19
+    img_size: tuple[int, int] = (768, 768)  # (H, W) of the stored position-embedding grid
+    patch_size: int = 16
+    position_embedding: bool = True  # False for the key-invariant variant (with decoder="token")
+    invariant_embedding: bool = False  # DeepSets patch embedding + per-pixel decoder (decoder="token")
+    norm: str = "bn"  # "bn" | "syncbn" | "gn"
+    aux: bool = True
+    drop_path: float = 0.0
+    aux_weight: float = 0.4  # loss weight of each auxiliary head (for the engine)
+    pos_interp: str = "bilinear"  # position-embedding resize mode: "bilinear" (SETR) or "bicubic"
+    channels: int = 256  # decoder width
+
+    def __post_init__(self) -> None:
+        self.img_size = (int(self.img_size[0]), int(self.img_size[1]))
+        if self.encoder not in VIT_PRESETS:
+            raise UserError(f"unknown encoder {self.encoder!r}; choose from {', '.join(VIT_PRESETS)}")
+        if self.decoder not in DECODERS:
+            raise UserError(f"unknown decoder {self.decoder!r}; choose from {', '.join(DECODERS)}")
+        if self.norm not in NORMS:
+            raise UserError(f"unknown norm {self.norm!r}; choose from {', '.join(NORMS)}")
+        if self.patch_size < 1 or self.img_size[0] % self.patch_size or self.img_size[1] % self.patch_size:
+            raise UserError(f"img_size {self.img_size} must be a positive multiple of patch_size {self.patch_size}")
+        if self.invariant_embedding and self.decoder != "token":
+            raise UserError("invariant_embedding=True needs decoder='token' (its per-pixel decoder)")
+        if self.num_classes < 1:
+            raise UserError("num_classes must be at least 1")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["img_size"] = list(self.img_size)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> SETRConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise UserError(f"unknown SETR config fields {unknown} (written by a newer encseg?)")
+        return cls(**d)
+
+
+def scale_taps(reference: tuple[int, ...], depth: int, reference_depth: int = 24) -> list[int]:
+    """Map the reference's 0-indexed layer taps of a 24-layer ViT to a `depth`-layer one.
+
+    Tap t (layer t+1 of 24) becomes layer round((t+1) * depth / 24) (half up), 0-indexed. For 12
+    layers this gives MLA (2, 5, 8, 11) and Naive/PUP (4, 7, 9, 11); for 6 layers (1, 2, 4, 5) and
+    (2, 3, 4, 5). The last tap is always the last layer.
+    """
+    taps = [int((t + 1) * depth / reference_depth + 0.5) - 1 for t in reference]
+    taps = [min(max(t, 0), depth - 1) for t in taps]
+    if len(set(taps)) != len(taps):
+        raise UserError(f"a {depth}-layer encoder is too shallow for taps {reference}")
+    return taps
+
+
+class SETR(nn.Module):
+    """Encoder + (neck) + decode head + auxiliary heads, composed from a SETRConfig."""
+
+    def __init__(self, config: SETRConfig):
+        super().__init__()
+        cfg = self.config = config
+        size = VIT_PRESETS[cfg.encoder]
+        taps = scale_taps(REFERENCE_TAPS[cfg.decoder], size.depth)
+        self.encoder = ViT(
+            size,
+            taps,
+            patch_size=cfg.patch_size,
+            img_size=cfg.img_size,
+            class_token=cfg.decoder != "mla",  # SETR-MLA uses no class token
+            position_embedding=cfg.position_embedding,
+            invariant_embedding=cfg.invariant_embedding,
+            drop_path=cfg.drop_path,
+            pos_interp=cfg.pos_interp,
+        )
+        D, C, ch, norm = size.dim, cfg.num_classes, cfg.channels, cfg.norm
+        self.neck: MLANeck | None = None
+        levels = len(taps)
+        if cfg.decoder == "naive":
+            self.decode_head: nn.Module = naive_head(D, C, norm, ch)
+            aux = [up_aux_head(D, C, norm, 1, ch) for _ in range(levels - 1)]
+        elif cfg.decoder == "pup":
+            self.decode_head = pup_head(D, C, norm, ch)
+            aux = [up_aux_head(D, C, norm, 3, ch) for _ in range(levels - 1)]
+        elif cfg.decoder == "mla":
+            self.neck = MLANeck(D, ch, levels, norm)
+            self.decode_head = MLAHead(ch, C, levels, norm)
+            aux = [ClassifierHead(ch, C) for _ in range(levels)]  # one per neck output
+        elif cfg.invariant_embedding:  # key-invariant under pixel shuffle too: per-pixel decoding
+            self.decode_head = PixelHead(D, C, norm, ch)
+            aux = [PixelHead(D, C, norm, ch) for _ in range(levels - 1)]
+        else:  # key-invariant under block scrambling: token-wise decoding
+            self.decode_head = TokenHead(D, C, cfg.patch_size, norm, ch)
+            aux = [TokenHead(D, C, cfg.patch_size, norm, ch) for _ in range(levels - 1)]
+        self.aux_heads = nn.ModuleList(aux if cfg.aux else [])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor | list[torch.Tensor]]:
+        feats = self.encoder(x)  # one [B, D, H/p, W/p] map per tap, deepest last
+        if self.neck is not None:
+            feats = self.neck(feats)
+            out = self.decode_head(feats, x)
+        else:
+            out = self.decode_head(feats[-1], x)
+        if not self.training:
+            return out
+        return {"out": out, "aux": [head(f, x) for head, f in zip(self.aux_heads, feats)]}
+
+    def parameter_groups(self, lr: float, head_lr_mult: float = 10.0) -> list[dict]:
+        """Optimizer groups as in SETR: encoder and MLA neck at `lr`, decode and auxiliary heads at lr x 10."""
+        heads = list(self.decode_head.parameters()) + list(self.aux_heads.parameters())
+        head_ids = {id(p) for p in heads}
+        rest = [p for p in self.parameters() if id(p) not in head_ids]
+        return [{"params": rest, "lr": lr}, {"params": heads, "lr": lr * head_lr_mult}]
+
+
+def build_setr(config: SETRConfig) -> SETR:
+    """Build a freshly initialised SETR model from its config."""
+    return SETR(config)

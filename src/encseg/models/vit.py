@@ -1,0 +1,231 @@
+"""The ViT encoder of SETR, in plain PyTorch, with timm's parameter names.
+
+Parameter names follow timm's `vision_transformer.py` (`patch_embed.proj`, `cls_token`, `pos_embed`,
+`blocks.N.norm1`, `blocks.N.attn.qkv`, `blocks.N.attn.proj`, `blocks.N.mlp.fc1/fc2`) so that
+pretrained weights load by name. There is no final `norm`: as in mmsegmentation's SETR, every
+decoder head starts with its own LayerNorm (a pretrained `norm.*` is reported as unused on import).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class ViTSize:
+    """Width, heads and depth of one ViT preset."""
+
+    dim: int
+    heads: int
+    depth: int
+    mlp_ratio: float = 4.0
+
+
+VIT_PRESETS: dict[str, ViTSize] = {
+    "vit-tiny": ViTSize(192, 3, 12),
+    "vit-tiny-6": ViTSize(192, 3, 6),  # shallower CPU variant for the CPU training budget
+    "vit-small": ViTSize(384, 6, 12),
+    "vit-base": ViTSize(768, 12, 12),
+    "vit-large": ViTSize(1024, 16, 24),  # the paper's ViT-L/16
+}
+
+
+def resize_pos_embed(
+    pos_embed: torch.Tensor,
+    src_grid: tuple[int, int],
+    dst_grid: tuple[int, int],
+    num_prefix: int = 0,
+    mode: str = "bilinear",
+) -> torch.Tensor:
+    """Resize a [1, prefix + gh*gw, D] position embedding to another grid, keeping the prefix entries.
+
+    The class-token entry (the first `num_prefix` rows) is position-free and is kept as it is; the
+    grid part is interpolated (align_corners=False, like mmsegmentation's SETR).
+    """
+    prefix, grid = pos_embed[:, :num_prefix], pos_embed[:, num_prefix:]
+    if tuple(src_grid) == tuple(dst_grid) and not _exporting():
+        return pos_embed
+    d = grid.shape[-1]
+    grid = grid.reshape(1, src_grid[0], src_grid[1], d).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid, size=dst_grid, mode=mode, align_corners=False)
+    grid = grid.permute(0, 2, 3, 1).reshape(1, -1, d)
+    return torch.cat([prefix, grid], dim=1)
+
+
+def _exporting() -> bool:
+    """True while torch.export / the ONNX exporter trace the model (shapes are then symbolic)."""
+    return torch.compiler.is_exporting() or torch.jit.is_tracing()
+
+
+class PatchEmbed(nn.Module):
+    """Linear patch embedding: a p x p convolution with stride p (one token per p x p block)."""
+
+    def __init__(self, patch_size: int, dim: int, in_chans: int = 3):
+        super().__init__()
+        self.proj = nn.Conv2d(in_chans, dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x)  # [B, D, H/p, W/p]
+
+
+class SetPatchEmbed(nn.Module):
+    """Permutation-invariant patch embedding (DeepSets): a shared per-pixel MLP pooled over each block.
+
+    Each pixel's value x (3 channels) becomes f = [x, mlp(x)]; the block's token is a linear map of
+    the mean and the max of f over the block's p*p pixels. Mean and max forget where a pixel sits
+    inside its block, so the token is unchanged by any pixel shuffle within the block. The mean of
+    the raw x is exactly the part of a linear p x p embedding that is invariant to pixel order (the
+    per-channel block mean); the MLP features and the max add what a linear embedding cannot keep
+    without positions (spread, extremes, colour mixtures).
+    """
+
+    def __init__(self, patch_size: int, dim: int, in_chans: int = 3, hidden: int = 64):
+        super().__init__()
+        self.patch_size = patch_size
+        self.pixel_mlp = nn.Sequential(
+            nn.Conv2d(in_chans, hidden, 1), nn.GELU(), nn.Conv2d(hidden, hidden, 1), nn.GELU()
+        )
+        self.proj = nn.Conv2d(2 * (in_chans + hidden), dim, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = torch.cat([x, self.pixel_mlp(x)], dim=1)  # [B, 3 + hidden, H, W], per pixel
+        p = self.patch_size
+        pooled = torch.cat([F.avg_pool2d(f, p), F.max_pool2d(f, p)], dim=1)  # order-free per block
+        return self.proj(pooled)  # [B, D, H/p, W/p]
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with one fused qkv projection and `F.scaled_dot_product_attention`."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=True)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, D = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # each [B, heads, N, D/heads]
+        x = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(x.transpose(1, 2).reshape(B, N, D))
+
+
+class MLP(nn.Module):
+    """The transformer's feed-forward block: Linear, GELU, Linear."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drop the whole residual branch for a random subset of samples while training."""
+
+    def __init__(self, p: float = 0.0):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.p == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.p
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(norm1(x)), then x + mlp(norm2(x)); LayerNorm eps 1e-6."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0, drop_path: float = 0.0):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = Attention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = MLP(dim, int(dim * mlp_ratio))
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class ViT(nn.Module):
+    """Vision Transformer encoder returning the token maps [B, D, H/p, W/p] of the chosen layers.
+
+    `img_size` fixes the stored position-embedding grid; inputs of any other size (a multiple of p)
+    get the embedding resized on the fly (`pos_interp`, bilinear as in SETR's configs). With
+    `position_embedding=False` and no position-dependent op, the token stack is equivariant to any
+    permutation of the tokens (the class token, if any, carries no position).
+    """
+
+    def __init__(
+        self,
+        size: ViTSize,
+        taps: list[int],
+        patch_size: int = 16,
+        img_size: tuple[int, int] = (768, 768),
+        class_token: bool = True,
+        position_embedding: bool = True,
+        invariant_embedding: bool = False,
+        drop_path: float = 0.0,
+        pos_interp: str = "bilinear",
+    ):
+        super().__init__()
+        if not taps or sorted(set(taps)) != list(taps) or taps[-1] != size.depth - 1 or taps[0] < 0:
+            raise ValueError(f"taps must be increasing layer indices ending at {size.depth - 1}, got {taps}")
+        if img_size[0] % patch_size or img_size[1] % patch_size:
+            raise ValueError(f"img_size {img_size} must be a multiple of patch_size {patch_size}")
+        self.dim, self.patch_size, self.taps = size.dim, patch_size, list(taps)
+        self.grid = (img_size[0] // patch_size, img_size[1] // patch_size)
+        self.num_prefix = 1 if class_token else 0
+        self.pos_interp = pos_interp
+
+        if invariant_embedding:
+            self.patch_embed: nn.Module = SetPatchEmbed(patch_size, size.dim)
+        else:
+            self.patch_embed = PatchEmbed(patch_size, size.dim)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, size.dim)) if class_token else None
+        if position_embedding:
+            n = self.num_prefix + self.grid[0] * self.grid[1]
+            self.pos_embed = nn.Parameter(torch.zeros(1, n, size.dim))
+        else:
+            self.pos_embed = None
+        rates = [drop_path * i / max(size.depth - 1, 1) for i in range(size.depth)]  # stochastic depth grows with depth
+        self.blocks = nn.ModuleList(Block(size.dim, size.heads, size.mlp_ratio, r) for r in rates)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        # timm's ViT init: truncated normal 0.02 for linear layers and position embedding
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+        if self.pos_embed is not None:
+            nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        if self.cls_token is not None:
+            nn.init.normal_(self.cls_token, std=1e-6)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = self.patch_embed(x)
+        B, D, gh, gw = x.shape
+        x = x.flatten(2).transpose(1, 2)  # [B, N, D], tokens in row-major block order
+        if self.cls_token is not None:
+            x = torch.cat([self.cls_token.expand(B, -1, -1), x], dim=1)
+        if self.pos_embed is not None:
+            x = x + resize_pos_embed(self.pos_embed, self.grid, (gh, gw), self.num_prefix, self.pos_interp)
+        outs = []
+        for i, block in enumerate(self.blocks):
+            x = block(x)
+            if i in self.taps:
+                outs.append(x[:, self.num_prefix :].transpose(1, 2).reshape(B, D, gh, gw))
+        return outs

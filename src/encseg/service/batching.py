@@ -1,0 +1,141 @@
+"""Micro-batching: requests for images of the same size wait up to `max_wait_ms` for company, then
+run as one batch on a single inference thread, off the event loop. While a batch runs, new requests
+queue up, so batches grow with load on their own; `max_batch=1` turns batching off.
+
+A request announces itself while it is still being read and checked (`expecting()`); the batcher
+only waits for company that has been announced, so a lone client pays no waiting time."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from contextlib import contextmanager
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable, Hashable, Iterator, Sequence
+
+
+@dataclass
+class _Job:
+    item: Any
+    future: asyncio.Future
+    arrived: float
+
+
+@dataclass
+class BatchStats:
+    """Counters for /v1/info and the benchmark: how many batches ran and how big they were."""
+
+    batches: int = 0
+    items: int = 0
+    largest: int = 0
+    sizes: dict[int, int] = field(default_factory=dict)
+
+    def record(self, n: int) -> None:
+        self.batches += 1
+        self.items += n
+        self.largest = max(self.largest, n)
+        self.sizes[n] = self.sizes.get(n, 0) + 1
+
+
+class MicroBatcher:
+    """`await submit(group, item)` -> `fn(group, [item, ...])[i]`, batching items of one group.
+
+    `fn` runs on one dedicated thread (so the model sees one caller at a time and the event loop
+    never blocks). An exception from `fn` fails every item of that batch.
+    """
+
+    def __init__(
+        self,
+        fn: Callable[[Hashable, Sequence[Any]], Sequence[Any]],
+        max_batch: int = 8,
+        max_wait_ms: float = 5.0,
+    ) -> None:
+        if max_batch < 1 or max_wait_ms < 0:
+            raise ValueError("max_batch must be >= 1 and max_wait_ms >= 0")
+        self.fn, self.max_batch, self.max_wait = fn, max_batch, max_wait_ms / 1000
+        self.stats = BatchStats()
+        self._pending: dict[Hashable, list[_Job]] = {}
+        self._expecting = 0  # requests on their way to submit()
+        self._wakeup: asyncio.Event | None = None
+        self._worker: asyncio.Task | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="encseg-infer")
+
+    @property
+    def enabled(self) -> bool:
+        return self.max_batch > 1
+
+    @contextmanager
+    def expecting(self) -> Iterator[None]:
+        """Wrap the reading and checking of a request that will (probably) call submit() next."""
+        self._expecting += 1
+        try:
+            yield
+        finally:
+            self._expecting -= 1
+            if self._wakeup is not None:
+                self._wakeup.set()
+
+    async def submit(self, group: Hashable, item: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        if self._worker is None or self._worker.done():
+            self._wakeup = asyncio.Event()
+            self._worker = loop.create_task(self._run(), name="encseg-batcher")
+        job = _Job(item, loop.create_future(), time.monotonic())
+        self._pending.setdefault(group, []).append(job)
+        self._wakeup.set()
+        return await job.future
+
+    async def _run(self) -> None:
+        assert self._wakeup is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._pending:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            # serve the group whose oldest request has waited longest
+            group = min(self._pending, key=lambda g: self._pending[g][0].arrived)
+            jobs = self._pending[group]
+            wait = jobs[0].arrived + self.max_wait - time.monotonic()
+            if len(jobs) < self.max_batch and wait > 0 and self._expecting > 0:
+                self._wakeup.clear()
+                try:
+                    await asyncio.wait_for(self._wakeup.wait(), wait)
+                except asyncio.TimeoutError:
+                    pass
+                continue
+            batch, rest = jobs[: self.max_batch], jobs[self.max_batch :]
+            if rest:
+                self._pending[group] = rest
+            else:
+                del self._pending[group]
+            batch = [j for j in batch if not j.future.done()]  # the client went away
+            if not batch:
+                continue
+            self.stats.record(len(batch))
+            try:
+                results = await loop.run_in_executor(self._executor, self.fn, group, [j.item for j in batch])
+            except Exception as exc:  # noqa: BLE001 - handed to the waiting requests
+                for j in batch:
+                    if not j.future.done():
+                        j.future.set_exception(exc)
+                continue
+            for j, r in zip(batch, results):
+                if not j.future.done():
+                    j.future.set_result(r)
+
+    async def close(self) -> None:
+        """Stop the worker and fail whatever still waits."""
+        if self._worker is not None:
+            self._worker.cancel()
+            try:
+                await self._worker
+            except (asyncio.CancelledError, Exception):
+                pass
+        for jobs in self._pending.values():
+            for j in jobs:
+                if not j.future.done():
+                    j.future.set_exception(RuntimeError("the service is shutting down"))
+        self._pending.clear()
+        self._executor.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,142 @@
+"""The Python client: for each image a fresh key, encrypt, ask a backend (a server over HTTP, or a
+model in this process) for the label map in encrypted geometry, undo the geometry, drop the key."""
+
+from __future__ import annotations
+
+import io
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+import httpx
+import numpy as np
+from PIL import Image
+
+from encseg.cipher import DEFAULT_SCHEME, EncryptedImage, Key, Scheme, decrypt_mask, encrypt
+from encseg.cipher.io import encode_png, metadata_text
+from encseg.errors import UserError
+from encseg.service.segmenter import Segmenter
+
+RETRY_STATUS = (502, 503, 504)
+
+
+class Backend(Protocol):
+    """Something that segments an encrypted image and never sees its key."""
+
+    def info(self) -> dict: ...
+
+    def segment(self, enc: EncryptedImage) -> np.ndarray: ...
+
+
+@dataclass
+class SegmentResult:
+    """One image's outcome. `key` is the per-image key: the caller drops it (or saves it 0600)."""
+
+    mask: np.ndarray  # uint8 HxW labels in the image's own geometry
+    overlay: np.ndarray  # uint8 HxWx3
+    encrypted: EncryptedImage  # what the server saw
+    key: Key
+
+    def __repr__(self) -> str:
+        return f"SegmentResult(mask={self.mask.shape}, encrypted={self.encrypted!r}, key=<secret>)"
+
+
+def default_scheme(info: dict) -> Scheme:
+    """The first scheme the model was trained for (the default preset if the server names none)."""
+    schemes = info.get("schemes") or []
+    if schemes:
+        return Scheme.from_dict(schemes[0])
+    return Scheme.parse(DEFAULT_SCHEME, int(info.get("block_size", 16)))
+
+
+def colour_overlay(img: np.ndarray, mask: np.ndarray, palette: list | np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """Blend the palette colour of each label over the image; labels outside the palette stay uncoloured."""
+    lut = np.zeros((256, 3), np.float32)
+    pal = np.asarray(palette, np.float32).reshape(-1, 3)[:256]
+    lut[: len(pal)] = pal
+    known = (mask < len(pal))[..., None]
+    mixed = (1 - alpha) * img.astype(np.float32) + alpha * lut[mask]
+    return np.where(known, mixed, img).round().clip(0, 255).astype(np.uint8)
+
+
+def segment_image(img: np.ndarray, backend: Backend, scheme: Scheme, palette, key: Key | None = None) -> SegmentResult:
+    """Encrypt `img` under a fresh key (or the given one), segment it remotely, decrypt the label map."""
+    key = key or Key.generate()
+    enc = encrypt(img, key, scheme)
+    labels = backend.segment(enc)
+    if labels.shape != enc.data.shape[:2]:
+        raise UserError(f"the backend answered a {labels.shape} label map for a {enc.data.shape[:2]} image")
+    mask = np.ascontiguousarray(decrypt_mask(labels, key, scheme, enc.original_size))
+    return SegmentResult(mask, colour_overlay(img, mask, palette), enc, key)
+
+
+class HttpBackend:
+    """POSTs encrypted PNGs to a server; retries connection errors and 502/503/504 with backoff."""
+
+    def __init__(self, url: str, timeout: float = 120.0, retries: int = 4, backoff: float = 0.5) -> None:
+        self.url = url.rstrip("/")
+        self.retries, self.backoff = retries, backoff
+        self.client = httpx.Client(timeout=timeout)
+
+    def _request(self, method: str, path: str, **kw) -> httpx.Response:
+        delay = self.backoff
+        for attempt in range(self.retries + 1):
+            try:
+                r = self.client.request(method, self.url + path, **kw)
+            except (httpx.TransportError,) as exc:
+                if attempt == self.retries:
+                    raise UserError(f"cannot reach {self.url} after {attempt + 1} tries ({type(exc).__name__})") from None
+            else:
+                if r.status_code not in RETRY_STATUS or attempt == self.retries:
+                    return r
+            time.sleep(delay)
+            delay *= 2
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def _refusal(r: httpx.Response) -> UserError:
+        try:
+            detail = r.json().get("detail")
+        except ValueError:
+            detail = r.text[:200]
+        return UserError(f"the server refused the request (HTTP {r.status_code}): {detail}")
+
+    def info(self) -> dict:
+        r = self._request("GET", "/v1/info")
+        if r.status_code != 200:
+            raise self._refusal(r)
+        return r.json()
+
+    def segment(self, enc: EncryptedImage) -> np.ndarray:
+        png = encode_png(enc.data, metadata_text(enc.scheme, enc.original_size))
+        r = self._request("POST", "/v1/segment", files={"image": ("encrypted.png", png, "image/png")},
+                          data={"scheme": enc.scheme.to_json()})
+        if r.status_code != 200:
+            raise self._refusal(r)
+        with Image.open(io.BytesIO(r.content), formats=["PNG"]) as im:
+            return np.asarray(im, dtype=np.uint8).copy()
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class LocalBackend:
+    """The same round trip with the model in this process (no server, no network)."""
+
+    def __init__(self, segmenter: Segmenter) -> None:
+        self.segmenter = segmenter
+
+    def info(self) -> dict:
+        i = self.segmenter.info
+        return {"schemes": [s.to_dict() for s in i.schemes], "classes": i.class_names, "palette": i.palette,
+                "block_size": i.block_size}
+
+    def segment(self, enc: EncryptedImage) -> np.ndarray:
+        h, w = enc.data.shape[:2]
+        p = self.segmenter.info.patch_size
+        if h % p or w % p:
+            raise UserError(f"the encrypted image is {h}x{w}; this model needs multiples of {p} (use block size {p})")
+        return self.segmenter.predict(enc.data[None])[0].labels
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,130 @@
+"""A model ready to serve: eval mode, input normalisation, argmax and top-k, and what the service
+tells clients about it (classes, palette, block size, the schemes it was trained for)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from encseg.cipher import DEFAULT_SCHEME, Scheme
+from encseg.errors import UserError
+
+def default_classes(num_classes: int) -> tuple[list[str], list[list[int]]]:
+    """Cityscapes names and palette for 19 classes; numbered classes and a fixed palette otherwise."""
+    if num_classes == 19:
+        from encseg.data.cityscapes import CLASS_NAMES, PALETTE
+
+        return list(CLASS_NAMES), PALETTE.tolist()
+    rng = np.random.default_rng(0)
+    return [f"class {i}" for i in range(num_classes)], rng.integers(0, 256, (num_classes, 3)).tolist()
+
+
+@dataclass
+class ModelInfo:
+    """What GET /v1/info reports. `schemes` are the schemes the model was trained for (not a whitelist)."""
+
+    name: str
+    num_classes: int
+    patch_size: int
+    class_names: list[str] = field(default_factory=list)
+    palette: list[list[int]] = field(default_factory=list)
+    schemes: list[Scheme] = field(default_factory=list)
+    config: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.num_classes <= 255:
+            raise UserError(f"the service writes 8-bit label maps: 1..255 classes (got {self.num_classes})")
+        if not self.class_names or not self.palette:
+            names, palette = default_classes(self.num_classes)
+            self.class_names = self.class_names or names
+            self.palette = self.palette or palette
+        if len(self.class_names) != self.num_classes or len(self.palette) != self.num_classes:
+            raise UserError("class names and palette must have one entry per class")
+
+    @property
+    def block_size(self) -> int:
+        return self.schemes[0].block_size if self.schemes else self.patch_size
+
+
+@dataclass
+class Prediction:
+    """One image's answer in encrypted geometry: labels [H,W] uint8; top-k ids [k,H,W] uint8, probs float32."""
+
+    labels: np.ndarray
+    topk_classes: np.ndarray | None = None
+    topk_probs: np.ndarray | None = None
+
+
+class Segmenter:
+    """Runs a segmentation model on batches of encrypted uint8 images. One caller at a time (the
+    batcher's single inference thread); torch's own intra-op threads do the parallel work."""
+
+    def __init__(self, model: nn.Module, info: ModelInfo, device: str | torch.device = "cpu",
+                 crop: int | None = None) -> None:
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.info = info
+        self.crop = crop  # sliding-window size (a multiple of the patch size), or None for whole images
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str = "cpu", crop: int | None = None) -> "Segmenter":
+        """Load a checkpoint written by `encseg.models.save_checkpoint` (safetensors + JSON config)."""
+        from encseg.models import load_checkpoint
+
+        path = Path(path)
+        if not path.exists():
+            raise UserError(f"checkpoint {path} does not exist")
+        model, cfg, extra = load_checkpoint(path, device=device)
+        extra = extra or {}
+        cfg_dict = cfg.__dict__ if hasattr(cfg, "__dict__") else dict(cfg)
+        info = ModelInfo(
+            name=str(extra.get("name") or f"setr-{cfg_dict.get('decoder', '?')}-{cfg_dict.get('encoder', '?')}"),
+            num_classes=int(cfg_dict["num_classes"]),
+            patch_size=int(cfg_dict.get("patch_size", 16)),
+            class_names=list(extra.get("class_names") or []),
+            palette=[list(map(int, c)) for c in (extra.get("palette") or [])],
+            schemes=schemes_from_extra(extra, int(cfg_dict.get("patch_size", 16))),
+            config={k: v for k, v in cfg_dict.items() if isinstance(v, (int, float, str, bool, list, tuple, type(None)))},
+        )
+        return cls(model, info, device, crop)
+
+    @torch.inference_mode()
+    def predict(self, images: np.ndarray, topk: int = 0) -> list[Prediction]:
+        """images: uint8 [B,H,W,3] (encrypted, sides multiples of the patch size) -> one Prediction each.
+
+        Runs the shared inference path (`encseg.models.predict`: ImageNet normalisation, eval mode,
+        optional sliding window), so the service answers exactly what evaluation measures."""
+        from encseg.models import predict
+
+        logits = predict(self.model, np.ascontiguousarray(images), device=self.device, crop=self.crop)
+        labels = logits.argmax(1).to(torch.uint8).cpu().numpy()
+        out = [Prediction(labels[i]) for i in range(len(labels))]
+        if topk > 0:
+            k = min(topk, logits.shape[1])
+            probs, idx = logits.float().softmax(1).topk(k, dim=1)
+            probs, idx = probs.cpu().numpy(), idx.to(torch.uint8).cpu().numpy()
+            for i, p in enumerate(out):
+                p.topk_classes, p.topk_probs = idx[i], probs[i]
+        return out
+
+
+def schemes_from_extra(extra: dict, block_size: int) -> list[Scheme]:
+    """The training scheme(s) a checkpoint records in its extra metadata (a name, descriptor or list)."""
+    raw = extra.get("schemes", extra.get("scheme"))
+    if raw is None:
+        train = extra.get("train") if isinstance(extra.get("train"), dict) else {}
+        raw = train.get("scheme")
+    if raw is None:
+        return [Scheme.parse(DEFAULT_SCHEME, block_size)]
+    items = raw if isinstance(raw, list) else [raw]
+    out = []
+    for item in items:
+        if isinstance(item, dict):
+            out.append(Scheme.from_dict(item))
+        else:
+            out.append(Scheme.parse(str(item), block_size=int(extra.get("block_size", block_size))))
+    return out

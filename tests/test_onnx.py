@@ -1,0 +1,66 @@
+"""ONNX export: `encseg export` writes a graph with dynamic batch and size that matches PyTorch."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+
+from encseg.cli import main  # noqa: E402
+from encseg.models import SETRConfig, build_setr, save_checkpoint  # noqa: E402
+from encseg.models.export import export_onnx, onnx_parity  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def run_cli(monkeypatch, *args: str) -> int:
+    monkeypatch.setattr(sys, "argv", ["encseg", *args])
+    try:
+        main()
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0
+
+
+def test_export_command_matches_pytorch_at_other_batches_and_sizes(tmp_path, monkeypatch, capsys):
+    torch.manual_seed(0)
+    cfg = SETRConfig(encoder="vit-tiny-6", decoder="pup", num_classes=4, img_size=(32, 64))
+    model = build_setr(cfg).train()
+    model(torch.randn(2, 3, 32, 64))  # non-trivial BatchNorm statistics
+    ckpt = save_checkpoint(tmp_path / "pup.safetensors", model)
+    out = tmp_path / "pup.onnx"
+    assert run_cli(monkeypatch, "export", "--checkpoint", str(ckpt), "--out", str(out), "--check") == 0
+    printed = capsys.readouterr().out
+    assert "max abs diff" in printed and out.is_file()
+    # dynamic batch and spatial size: sizes other than the traced one, including the stored grid
+    for shape in [(1, 3, 32, 64), (3, 3, 48, 32), (2, 3, 80, 112)]:
+        assert onnx_parity(model, out, torch.randn(*shape)) < 1e-4, shape
+
+
+def test_key_invariant_model_exports_and_matches(tmp_path):
+    torch.manual_seed(0)
+    cfg = SETRConfig(encoder="vit-tiny-6", decoder="token", num_classes=3, img_size=(32, 32),
+                     position_embedding=False, invariant_embedding=True)
+    model = build_setr(cfg).eval()
+    path = export_onnx(model, tmp_path / "inv.onnx", sample_size=(48, 64))
+    for shape in [(1, 3, 32, 32), (2, 3, 64, 48)]:
+        assert onnx_parity(model, path, torch.randn(*shape)) < 1e-4, shape
+    assert [p.name for p in tmp_path.iterdir()] == ["inv.onnx"]  # no temp file left behind
+
+
+def test_export_command_errors_are_one_line(tmp_path, monkeypatch, capsys):
+    assert run_cli(monkeypatch, "export", "--checkpoint", str(tmp_path / "none.safetensors"), "--out", str(tmp_path / "m.onnx")) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: checkpoint not found") and "Traceback" not in err
+    assert run_cli(monkeypatch, "export", "--checkpoint", "x.safetensors", "--out", str(tmp_path / "m.txt")) == 2
+    assert "must end in .onnx" in capsys.readouterr().err
