@@ -7,8 +7,8 @@ embedding, carrying the same weights so it computes the same function): ratio = 
 Measurements alternate (ours and baseline; the decoders among themselves) so drift in the load of
 a shared machine hits all alike, and the best of N runs is reported (other processes only ever
 add time); the ratio of medians is printed too. Peak memory is the largest rise of the resident set
-during a model's first forward in a fresh process (sampled every millisecond), so memory that an
-earlier run left cached in the allocator does not hide it.
+during a model's first forward in a fresh process (sampled every millisecond, glibc told to hand
+freed memory back at once), so memory cached by earlier runs neither hides nor inflates it.
 
     python benchmarks/bench_model.py                              # the issue's setting: 512x1024
     python benchmarks/bench_model.py --size 256x512 --repeats 3   # a few minutes on 2 shared cores
@@ -102,17 +102,25 @@ def compare(fns: dict[str, callable], repeats: int) -> dict[str, list[float]]:
 
 
 def build(name: str, kind: str, H: int, W: int) -> nn.Module:
-    """kind: "ours" (our encoder), "baseline" (nn.TransformerEncoder) or a decoder name (full SETR)."""
+    """kind: "encoders" (ours, baseline) or a decoder name (the full SETR model)."""
     size = VIT_PRESETS[name]
-    if kind in ("ours", "baseline"):
+    if kind == "encoders":
         ours = ViT(size, taps=[size.depth - 1], img_size=(H, W)).eval()
-        return ours if kind == "ours" else BaselineEncoder(ours, size.heads).eval()
+        return ours, BaselineEncoder(ours, size.heads).eval()
     return build_setr(SETRConfig(encoder=name, decoder=kind, img_size=(H, W), position_embedding=kind != "token")).eval()
 
 
 def memory_child(name: str, kind: str, H: int, W: int, batches: list[int]) -> None:
-    """In a fresh process: peak resident-memory rise of the first forward at each batch size (MiB, JSON)."""
-    model = build(name, kind, H, W)
+    """In a fresh process: peak resident-memory rise of the first forward at each batch size (MiB, JSON).
+
+    For "ours"/"baseline" both encoders are built (and kept) in either case, so the allocator starts
+    from the same state and only the forward differs.
+    """
+    if kind in ("ours", "baseline"):
+        ours, base = build(name, "encoders", H, W)
+        model = ours if kind == "ours" else base
+    else:
+        model = build(name, kind, H, W)
     inputs = {b: torch.randn(b, 3, H, W) for b in batches}
     before = rss_bytes()
     peaks = {}
@@ -125,7 +133,12 @@ def memory_child(name: str, kind: str, H: int, W: int, batches: list[int]) -> No
 def peak_memory(name: str, kind: str, H: int, W: int, batches: list[int], threads: int) -> dict[int, float]:
     cmd = [sys.executable, __file__, "--memory-child", name, kind, "--size", f"{H}x{W}",
            "--batches", ",".join(map(str, batches)), "--threads", str(threads)]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    # freed tensors go back to the OS at once, so the resident set tracks live memory
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
+    run = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if run.returncode != 0:
+        raise RuntimeError(f"memory measurement {name}/{kind} failed:\n{run.stderr[-2000:]}")
+    out = run.stdout
     return {int(k): v for k, v in json.loads(out.strip().splitlines()[-1]).items()}
 
 
@@ -157,8 +170,7 @@ def main() -> None:
     dec_rows = ["| model | batch | latency ms | img/s | peak MiB |", "|---|---|---|---|---|"]
     print(head)
     for name in args.encoders.split(","):
-        ours, base = build(name, "ours", H, W), None
-        base = BaselineEncoder(ours, VIT_PRESETS[name].heads).eval()
+        ours, base = build(name, "encoders", H, W)
         mem = {kind: peak_memory(name, kind, H, W, batches, threads) for kind in ("ours", "baseline")}
         for b in batches:
             x = torch.randn(b, 3, H, W)

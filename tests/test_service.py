@@ -120,6 +120,25 @@ def test_segment_answers_label_map_in_encrypted_geometry_that_the_key_undoes(cli
     assert meta == (scheme, (40, 56))
 
 
+def test_cipher_cli_png_is_accepted_as_is_and_its_answer_decrypts_with_the_cli(client, run_cli, tmp_path):
+    # encseg encrypt -> POST the PNG alone (scheme from its encseg chunk) -> encseg decrypt-mask
+    img = scene(40, 56, seed=9)
+    Image.fromarray(img).save(tmp_path / "plain.png")
+    code, _, err = run_cli("encrypt", tmp_path / "plain.png", "-o", tmp_path / "enc.png", "--scheme", "bs-ps-np-cs",
+                           "--key-out", tmp_path / "k.key")
+    assert code == 0, err
+    r = client.post("/v1/segment", content=(tmp_path / "enc.png").read_bytes(), headers={"content-type": "image/png"})
+    assert r.status_code == 200 and r.headers["x-encseg-scheme"] == "bs-ps-np-cs"
+    (tmp_path / "labels.png").write_bytes(r.content)
+    code, _, err = run_cli("decrypt-mask", tmp_path / "labels.png", "--key", tmp_path / "k.key", "-o", tmp_path / "mask.png")
+    assert code == 0, err
+    from encseg.cipher import load_key
+
+    key = load_key(tmp_path / "k.key")
+    expected = segment_image(img, LocalBackend(stand_in_segmenter()), Scheme.parse("bs-ps-np-cs"), [], key=key).mask
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "mask.png")), expected)
+
+
 def test_the_three_body_forms_give_the_same_answer(client):
     data, enc, key = encrypted_png(chunk_meta=False)
     a = post(client, data, scheme="bs-np-cs").content
@@ -497,7 +516,8 @@ def test_local_backend_and_cli_serve_run_a_real_setr_checkpoint(run_cli, tmp_pat
 
     torch.manual_seed(0)
     cfg = SETRConfig(encoder="vit-tiny", decoder="naive", num_classes=NUM_CLASSES, img_size=(32, 64), aux=False)
-    ckpt = save_checkpoint(tmp_path / "m.safetensors", build_setr(cfg).eval(), cfg, {"scheme": "bs-np-cs"})
+    extra = {"train_config": {"encryption": {"mode": "per-image", "scheme": "bs-np-cs", "key_file": None}}}
+    ckpt = save_checkpoint(tmp_path / "m.safetensors", build_setr(cfg).eval(), cfg, extra)
     img_path = tmp_path / "s.png"
     Image.fromarray(scene(36, 60, seed=1)).save(img_path)
     code, out, err = run_cli("segment", img_path, "--local", ckpt, "--out", tmp_path / "local", "--keep-key")
@@ -524,6 +544,7 @@ def test_local_backend_and_cli_serve_run_a_real_setr_checkpoint(run_cli, tmp_pat
                 time.sleep(0.1)
         info = httpx.get(url + "/v1/info").json()
         assert info["model"]["name"] == "setr-naive-vit-tiny" and info["scheme_names"] == ["bs-np-cs"]
+        assert info["model"]["key_mode"] == "per-image"
         res = segment_image(np.asarray(Image.open(img_path)), HttpBackend(url), SCHEME, info["palette"], key=key)
         assert np.array_equal(res.mask, local_mask)  # same key, same model: server and in-process agree
     finally:
@@ -531,3 +552,16 @@ def test_local_backend_and_cli_serve_run_a_real_setr_checkpoint(run_cli, tmp_pat
         _, err = proc.communicate(timeout=20)
     logs = [json.loads(line) for line in err.decode().splitlines() if line.startswith("{")]
     assert any(r["path"] == "/v1/segment" and r["status"] == 200 for r in logs)
+
+
+@pytest.mark.parametrize("extra,names", [
+    ({"train_config": {"encryption": {"mode": "per-image", "scheme": "bs-ps4-np-cs"}}}, ["bs-ps4-np-cs"]),
+    ({"train_config": {"encryption": {"mode": "none", "scheme": "bs-np-cs"}}}, ["plain"]),
+    ({"schemes": ["bs", {"version": 1, "block_size": 16, "steps": [{"name": "channel-shuffle"}]}]}, ["bs", "cs"]),
+    ({}, ["bs-np-cs"]),
+])
+def test_checkpoint_metadata_names_the_schemes_the_model_was_trained_for(extra, names):
+    from encseg.service.segmenter import schemes_from_extra
+
+    schemes = schemes_from_extra(extra, 16)
+    assert [s.name for s in schemes] == names and all(s.block_size == 16 for s in schemes)

@@ -29,6 +29,7 @@ COMMAND_MODULES = [
     "encseg.attacks.commands",
     "encseg.data.commands",
     "encseg.engine.commands",
+    "encseg.demo",
 ]
 
 
@@ -43,7 +44,9 @@ _register_all()
 def main() -> None:
     """Entry point: run the app, turning `UserError` into `error: ...` and exit status 2."""
     try:
-        app(standalone_mode=False)
+        rc = app(standalone_mode=False)  # returns typer.Exit's code instead of raising it
+        if isinstance(rc, int) and rc:
+            sys.exit(rc)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)

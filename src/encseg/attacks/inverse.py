@@ -3,9 +3,9 @@ to images (the ITN / known-pair attack of Sirichotedumrong, Kinoshita & Kiya, ar
 
 Two settings: "shared" (every pair and the victim's image under one key: the attacker learns that
 key's mapping) and "per-image" (a fresh key for every pair each time it is drawn and for the victim:
-the attacker can only learn what all keys have in common). Two coordinate channels let the network
-learn position-dependent mappings such as a fixed key's per-block flips; a convolutional network
-still cannot learn a fixed block permutation beyond its receptive field.
+the attacker can only learn what all keys have in common). The network works on the block grid
+(see UNet), which makes the within-block steps (PS, NP, CS) easy to learn for one key; a fixed
+block permutation is only learnable within the U-Net's receptive field on the grid.
 """
 
 from __future__ import annotations
@@ -22,11 +22,10 @@ from encseg.cipher import Key, Scheme, encrypt
 
 @dataclass
 class InverseConfig:
-    width: int = 16  # channels of the first level (x2 per level)
-    depth: int = 3  # levels (2 poolings for depth 3)
-    steps: int = 150
+    width: int = 32  # channels of the first U-Net level (x2 per level)
+    depth: int = 3  # U-Net levels over the block grid
+    steps: int = 200
     batch: int = 8
-    crop: int = 64  # training crop side, a multiple of the block size (aligned to the block grid)
     lr: float = 3e-3
     seed: int = 0
 
@@ -39,13 +38,23 @@ def _conv_block(cin: int, cout: int) -> nn.Sequential:
 
 
 class UNet(nn.Module):
-    """U-Net: (encrypted RGB + y, x coordinates) -> plain RGB, all in [0, 1]."""
+    """Encrypted RGB -> plain RGB (both in [0, 1]) through a U-Net over the block grid.
 
-    def __init__(self, width: int = 16, depth: int = 3) -> None:
+    Each p x p block is unfolded into one 3p^2 vector (pixel_unshuffle), so a 1x1 layer can undo any
+    within-block pixel permutation, channel order or negation exactly; 3x3 convolutions on the grid
+    mix neighbouring blocks; a learned embedding per block position lets the shared-key attacker learn
+    position-dependent mappings (a fixed key's per-block NP/CS states). The output is folded back.
+    """
+
+    def __init__(self, block_size: int, grid: tuple[int, int], width: int = 32, depth: int = 3) -> None:
         super().__init__()
+        self.p, self.grid = block_size, tuple(grid)
+        d = 3 * block_size**2
+        self.embed = nn.Sequential(nn.Conv2d(d, 2 * width, 1), nn.ReLU(inplace=True), nn.Conv2d(2 * width, width, 1))
+        self.pos = nn.Parameter(torch.zeros(1, width, *self.grid))
         chans = [width * 2**i for i in range(depth)]
         self.down = nn.ModuleList()
-        cin = 5
+        cin = width
         for c in chans:
             self.down.append(_conv_block(cin, c))
             cin = c
@@ -53,28 +62,23 @@ class UNet(nn.Module):
         for c in reversed(chans[:-1]):
             self.up.append(_conv_block(cin + c, c))
             cin = c
-        self.out = nn.Conv2d(cin, 3, 1)
+        self.head = nn.Sequential(nn.Conv2d(cin + d, 4 * width, 1), nn.ReLU(inplace=True), nn.Conv2d(4 * width, d, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        v = F.pixel_unshuffle(x, self.p)  # (B, 3p^2, R, C)
+        if tuple(v.shape[-2:]) != self.grid:
+            raise ValueError(f"the model was trained on a {self.grid} block grid, got {tuple(v.shape[-2:])}")
+        h = self.embed(v) + self.pos
         skips = []
         for i, block in enumerate(self.down):
             if i:
-                x = F.max_pool2d(x, 2)
-            x = block(x)
-            skips.append(x)
+                h = F.max_pool2d(h, 2, ceil_mode=True)
+            h = block(h)
+            skips.append(h)
         for block, skip in zip(self.up, reversed(skips[:-1])):
-            x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
-            x = block(torch.cat([x, skip], 1))
-        return torch.sigmoid(self.out(x))
-
-
-def _with_coords(x: torch.Tensor, top: torch.Tensor, left: torch.Tensor, full: tuple[int, int]) -> torch.Tensor:
-    """Append the absolute (y, x) position in the full image, in [0, 1], as two channels."""
-    B, _, h, w = x.shape
-    H, W = full
-    ys = (top[:, None] + torch.arange(h)[None]).float() / max(H - 1, 1)
-    xs = (left[:, None] + torch.arange(w)[None]).float() / max(W - 1, 1)
-    return torch.cat([x, ys[:, None, :, None].expand(B, 1, h, w), xs[:, None, None, :].expand(B, 1, h, w)], 1)
+            h = F.interpolate(h, size=skip.shape[-2:], mode="nearest")
+            h = block(torch.cat([h, skip], 1))
+        return torch.sigmoid(F.pixel_shuffle(self.head(torch.cat([h, v], 1)), self.p))
 
 
 def _to_tensor(imgs: list[np.ndarray]) -> torch.Tensor:
@@ -91,7 +95,7 @@ def train_inverse(
     """Train the U-Net on pairs made from `plains` (uint8 HxWx3, sides multiples of the block size).
 
     mode "shared": all pairs under `shared_key`, encrypted once; "per-image": a fresh key for
-    every image every time it is drawn (keys are never kept).
+    every image every time it is drawn (keys are never kept). Whole images, L1 loss, AdamW.
     """
     if mode not in ("shared", "per-image"):
         raise ValueError(f"mode must be shared or per-image (got {mode!r})")
@@ -99,31 +103,21 @@ def train_inverse(
         raise ValueError("shared mode needs a key")
     p = scheme.block_size
     H, W = plains[0].shape[:2]
-    crop = min(cfg.crop - cfg.crop % p or p, H - H % p, W - W % p)
     g = torch.Generator().manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
     torch.manual_seed(cfg.seed)
-    model = UNet(cfg.width, cfg.depth)
+    model = UNet(p, (H // p, W // p), cfg.width, cfg.depth)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(cfg.steps, 1), pct_start=0.15)
     plain_t = _to_tensor(plains)
     enc_fixed = _to_tensor([encrypt(x, shared_key, scheme).data for x in plains]) if mode == "shared" else None
     model.train()
     for _ in range(cfg.steps):
-        idx = torch.randint(len(plains), (cfg.batch,), generator=g)
+        idx = torch.randint(len(plains), (min(cfg.batch, len(plains)),), generator=g)
         if mode == "shared":
-            enc = enc_fixed[idx]
+            x = enc_fixed[idx]
         else:
-            enc = _to_tensor([encrypt(plains[i], Key.generate(), scheme).data for i in idx.tolist()])
-        top = torch.from_numpy(rng.integers(0, (H - crop) // p + 1, cfg.batch) * p)
-        left = torch.from_numpy(rng.integers(0, (W - crop) // p + 1, cfg.batch) * p)
-        rows = top[:, None] + torch.arange(crop)[None]
-        cols = left[:, None] + torch.arange(crop)[None]
-        b = torch.arange(cfg.batch)[:, None, None, None]
-        c = torch.arange(3)[None, :, None, None]
-        x = _with_coords(_cut_batch(enc, b, c, rows, cols), top, left, (H, W))
-        y = _cut_batch(plain_t[idx], b, c, rows, cols)
-        loss = F.l1_loss(model(x), y)
+            x = _to_tensor([encrypt(plains[i], Key.generate(), scheme).data for i in idx.tolist()])
+        loss = F.l1_loss(model(x), plain_t[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -132,16 +126,8 @@ def train_inverse(
     return model
 
 
-def _cut_batch(x: torch.Tensor, b, c, rows, cols) -> torch.Tensor:
-    """Per-sample crops: x[k, :, rows[k], cols[k]]."""
-    return x[b, c, rows[:, None, :, None], cols[:, None, None, :]]
-
-
 @torch.no_grad()
 def invert(model: UNet, enc: np.ndarray) -> np.ndarray:
     """The model's reconstruction (uint8 HxWx3) of one encrypted image."""
-    x = _to_tensor([enc])
-    H, W = enc.shape[:2]
-    x = _with_coords(x, torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long), (H, W))
-    y = model(x)[0].permute(1, 2, 0).numpy()
+    y = model(_to_tensor([enc]))[0].permute(1, 2, 0).numpy()
     return (y * 255.0).round().clip(0, 255).astype(np.uint8)

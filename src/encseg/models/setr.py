@@ -128,23 +128,24 @@ class SETR(nn.Module):
         D, C, ch, norm = size.dim, cfg.num_classes, cfg.channels, cfg.norm
         self.neck: MLANeck | None = None
         levels = len(taps)
+        n_aux = (levels if cfg.decoder == "mla" else levels - 1) if cfg.aux else 0
         if cfg.decoder == "naive":
             self.decode_head: nn.Module = naive_head(D, C, norm, ch)
-            aux = [up_aux_head(D, C, norm, 1, ch) for _ in range(levels - 1)]
+            aux = [up_aux_head(D, C, norm, 1, ch) for _ in range(n_aux)]
         elif cfg.decoder == "pup":
             self.decode_head = pup_head(D, C, norm, ch)
-            aux = [up_aux_head(D, C, norm, 3, ch) for _ in range(levels - 1)]
+            aux = [up_aux_head(D, C, norm, 3, ch) for _ in range(n_aux)]
         elif cfg.decoder == "mla":
             self.neck = MLANeck(D, ch, levels, norm)
             self.decode_head = MLAHead(ch, C, levels, norm)
-            aux = [ClassifierHead(ch, C) for _ in range(levels)]  # one per neck output
+            aux = [ClassifierHead(ch, C) for _ in range(n_aux)]  # one per neck output
         elif cfg.invariant_embedding:  # key-invariant under pixel shuffle too: per-pixel decoding
             self.decode_head = PixelHead(D, C, norm, ch)
-            aux = [PixelHead(D, C, norm, ch) for _ in range(levels - 1)]
+            aux = [PixelHead(D, C, norm, ch) for _ in range(n_aux)]
         else:  # key-invariant under block scrambling: token-wise decoding
             self.decode_head = TokenHead(D, C, cfg.patch_size, norm, ch)
-            aux = [TokenHead(D, C, cfg.patch_size, norm, ch) for _ in range(levels - 1)]
-        self.aux_heads = nn.ModuleList(aux if cfg.aux else [])
+            aux = [TokenHead(D, C, cfg.patch_size, norm, ch) for _ in range(n_aux)]
+        self.aux_heads = nn.ModuleList(aux)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor | list[torch.Tensor]]:
         feats = self.encoder(x)  # one [B, D, H/p, W/p] map per tap, deepest last

@@ -72,6 +72,7 @@ class ModelDescription(BaseModel):
     name: str
     num_classes: int
     patch_size: int
+    key_mode: str | None  # how its training images were keyed: per-image (the point), shared, none
     config: dict[str, Any]
 
 
@@ -405,7 +406,8 @@ def create_app(segmenter: Segmenter, config: ServiceConfig = ServiceConfig()) ->
         return Info(
             service="encseg",
             format_version=1,
-            model=ModelDescription(name=info.name, num_classes=info.num_classes, patch_size=info.patch_size, config=info.config),
+            model=ModelDescription(name=info.name, num_classes=info.num_classes, patch_size=info.patch_size,
+                                   key_mode=info.key_mode, config=info.config),
             classes=info.class_names,
             palette=info.palette,
             block_size=info.block_size,

@@ -78,7 +78,8 @@ class MicroBatcher:
 
     async def submit(self, group: Hashable, item: Any) -> Any:
         loop = asyncio.get_running_loop()
-        if self._worker is None or self._worker.done():
+        if self._worker is None or self._worker.done() or self._worker.get_loop() is not loop:
+            self._pending.clear()  # jobs of a loop that is gone can never be answered
             self._wakeup = asyncio.Event()
             self._worker = loop.create_task(self._run(), name="encseg-batcher")
         job = _Job(item, loop.create_future(), time.monotonic())

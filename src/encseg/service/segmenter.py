@@ -13,6 +13,7 @@ from torch import nn
 from encseg.cipher import DEFAULT_SCHEME, Scheme
 from encseg.errors import UserError
 
+
 def default_classes(num_classes: int) -> tuple[list[str], list[list[int]]]:
     """Cityscapes names and palette for 19 classes; numbered classes and a fixed palette otherwise."""
     if num_classes == 19:
@@ -34,6 +35,7 @@ class ModelInfo:
     palette: list[list[int]] = field(default_factory=list)
     schemes: list[Scheme] = field(default_factory=list)
     config: dict = field(default_factory=dict)
+    key_mode: str | None = None  # how training images were keyed: per-image, shared or none
 
     def __post_init__(self) -> None:
         if not 1 <= self.num_classes <= 255:
@@ -89,6 +91,7 @@ class Segmenter:
             palette=[list(map(int, c)) for c in (extra.get("palette") or [])],
             schemes=schemes_from_extra(extra, int(cfg_dict.get("patch_size", 16))),
             config={k: v for k, v in cfg_dict.items() if isinstance(v, (int, float, str, bool, list, tuple, type(None)))},
+            key_mode=key_mode_from_extra(extra),
         )
         return cls(model, info, device, crop)
 
@@ -113,18 +116,23 @@ class Segmenter:
 
 
 def schemes_from_extra(extra: dict, block_size: int) -> list[Scheme]:
-    """The training scheme(s) a checkpoint records in its extra metadata (a name, descriptor or list)."""
+    """The scheme(s) a checkpoint was trained for, from its extra metadata: the engine's
+    `train_config.encryption` ({"mode", "scheme"}; mode "none" means plain images), or a
+    `scheme`/`schemes` entry (a name, a descriptor, or a list of them)."""
+    enc = (extra.get("train_config") or {}).get("encryption") if isinstance(extra.get("train_config"), dict) else None
     raw = extra.get("schemes", extra.get("scheme"))
-    if raw is None:
-        train = extra.get("train") if isinstance(extra.get("train"), dict) else {}
-        raw = train.get("scheme")
+    if raw is None and isinstance(enc, dict):
+        raw = "plain" if enc.get("mode") == "none" else enc.get("scheme")
     if raw is None:
         return [Scheme.parse(DEFAULT_SCHEME, block_size)]
-    items = raw if isinstance(raw, list) else [raw]
     out = []
-    for item in items:
-        if isinstance(item, dict):
-            out.append(Scheme.from_dict(item))
-        else:
-            out.append(Scheme.parse(str(item), block_size=int(extra.get("block_size", block_size))))
+    for item in raw if isinstance(raw, list) else [raw]:
+        out.append(Scheme.from_dict(item) if isinstance(item, dict) else Scheme.parse(str(item), block_size=block_size))
     return out
+
+
+def key_mode_from_extra(extra: dict) -> str | None:
+    """How the model's training images were keyed: "per-image", "shared", "none" (None if unrecorded)."""
+    tc = extra.get("train_config")
+    enc = tc.get("encryption") if isinstance(tc, dict) else None
+    return enc.get("mode") if isinstance(enc, dict) else None
