@@ -1,0 +1,424 @@
+"""The paper's comparison on the procedural street benchmark: `encseg experiment --budget cpu-small`.
+
+Every run trains on the same data with the same budget; then each model is scored the way its
+setting prescribes:
+
+| model | train | test |
+|---|---|---|
+| SETR | plain | plain, and per-image-key encrypted (a plain model meets encrypted images) |
+| SETR | one shared key (the 2022 setting) | the same key |
+| SETR | a fresh key per image per epoch (the paper) | a fresh key per test image |
+| key-invariant SETR | plain | plain, and per-image-key encrypted |
+| key-invariant SETR | per-image keys | per-image keys |
+
+for each scheme of the budget. The key-invariant model has no position embedding and a token-wise
+decoder (`encseg.models`, decoder "token"); for schemes with pixel shuffling it also uses the
+permutation-invariant patch embedding and per-pixel decoder. Runs go `parallel` at a time in
+separate processes (one torch thread each), are resumable, and are skipped once their results
+exist. Results land in docs/results.md and a bar chart; every number there is on the procedural
+benchmark, not Cityscapes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+
+from encseg.engine.config import TrainConfig, clone, preset
+from encseg.errors import UserError
+
+SCHEME_LABELS = {
+    "bs-np-cs": "BS+NP+CS",
+    "bs-ps-np-cs": "BS+PS+NP+CS",
+    "bs-ps4-np-cs": "BS+PS(4x4)+NP+CS",
+}
+
+
+@dataclass
+class Budget:
+    """Data and training budget of one experiment size."""
+
+    name: str
+    train_preset: str
+    steps: int
+    size: tuple[int, int]  # scene size (H, W)
+    n_train: int
+    n_val: int
+    data_seed: int = 0
+    schemes: tuple[str, ...] = ("bs-np-cs", "bs-ps-np-cs", "bs-ps4-np-cs")
+    parallel: int = 2  # training processes at a time
+    threads: int = 1  # torch threads per process
+    overrides: dict = field(default_factory=dict)  # extra config overrides {section: {key: value}}
+    eval_batch: int = 8
+
+
+BUDGETS = {
+    "cpu-small": Budget(
+        name="cpu-small", train_preset="streets-cpu", steps=1000, size=(128, 256), n_train=1500, n_val=100,
+    ),
+    "gpu-small": Budget(
+        name="gpu-small", train_preset="streets-cpu", steps=8000, size=(256, 512), n_train=3000, n_val=300,
+        parallel=1, threads=0,
+        overrides={"model": {"encoder": "vit-small", "img_size": [256, 512]}, "data": {"crop": [256, 512], "workers": 4},
+                   "run": {"batch_size": 16, "amp": "auto", "device": "auto"}},
+    ),
+}  # fmt: skip
+
+
+@dataclass
+class Run:
+    name: str
+    model: str  # "setr" | "inv"
+    train: str  # "none" | "shared" | "per-image"
+    scheme: str | None
+    evals: list[tuple[str, str | None]]  # (test encryption, scheme)
+    cfg: TrainConfig
+
+
+def plan_runs(budget: Budget, data_root: Path, out: Path) -> list[Run]:
+    base = preset(budget.train_preset)
+    from encseg.engine.config import apply_dict
+
+    apply_dict(base, budget.overrides)
+    base.data.root = str(data_root)
+    base.run.steps = budget.steps
+    base.run.threads = budget.threads
+    base.run.ckpt_every = max(budget.steps // 4, 1)
+
+    def make(name, model, train, scheme, evals):
+        cfg = clone(base)
+        cfg.run.out = str(out / name)
+        cfg.encryption.mode = train
+        if scheme:
+            cfg.encryption.scheme = scheme
+        if model == "inv":
+            cfg.model.decoder = "token"
+            cfg.model.position_embedding = False
+            cfg.model.invariant_embedding = bool(scheme and "ps" in scheme.split("-")[1])
+        return Run(name, model, train, scheme, evals, cfg.validate())
+
+    enc_evals = [("per-image", s) for s in budget.schemes]
+    runs = [make("setr-plain", "setr", "none", None, [("none", None)] + enc_evals)]
+    for s in budget.schemes:
+        runs.append(make(f"setr-shared-{s}", "setr", "shared", s, [("shared", s)]))
+        runs.append(make(f"setr-per-image-{s}", "setr", "per-image", s, [("per-image", s)]))
+    runs.append(make("inv-plain", "inv", "none", None, [("none", None)] + enc_evals))
+    for s in budget.schemes:
+        runs.append(make(f"inv-per-image-{s}", "inv", "per-image", s, [("per-image", s)]))
+    return runs
+
+
+def _run_job(run: Run, data_root: str, eval_batch: int) -> dict:
+    """Train (resuming if interrupted) and evaluate one run, in its own process; returns its record."""
+    import torch
+
+    from encseg.cipher import Scheme, load_key
+    from encseg.data.cityscapes import CityscapesDataset
+    from encseg.engine.evaluate import evaluate
+    from encseg.engine.train import shared_key_path, train
+    from encseg.models import load_checkpoint
+
+    if run.cfg.run.threads:
+        torch.set_num_threads(run.cfg.run.threads)
+    out = Path(run.cfg.run.out)
+    t0 = time.perf_counter()
+    final = out / "model.safetensors"
+    if not final.exists():
+        train(run.cfg, resume=True, progress=False)
+    train_s = time.perf_counter() - t0
+    model, config, _ = load_checkpoint(final)
+    val = CityscapesDataset(data_root, "val")
+    results = []
+    for mode, scheme in run.evals:
+        s = Scheme.parse(scheme, block_size=config.patch_size) if scheme else None
+        key = load_key(shared_key_path(run.cfg)) if mode == "shared" else None
+        r = evaluate(model, val, "cpu", mode, s, key, batch_size=eval_batch)
+        results.append({"test": mode, "scheme": scheme} | r.to_dict())
+    record = {
+        "name": run.name, "model": run.model, "train": run.train, "scheme": run.scheme,
+        "steps": run.cfg.run.steps, "train_seconds": round(train_s, 1),
+        "eval_seconds": round(time.perf_counter() - t0 - train_s, 1), "results": results,
+        "config": run.cfg.to_dict(),
+    }  # fmt: skip
+    (out / "results.json").write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def _done(run: Run) -> dict | None:
+    path = Path(run.cfg.run.out) / "results.json"
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    return record if record.get("config") == run.cfg.to_dict() else None
+
+
+def ensure_data(budget: Budget, root: Path) -> Path:
+    """Generate the benchmark unless a folder with the same parameters is already there."""
+    from encseg.data.streets import GENERATOR_VERSION, generate_streets
+
+    meta_path = root / "streets.json"
+    want = {"generator_version": GENERATOR_VERSION, "seed": budget.data_seed, "size": list(budget.size),
+            "train": budget.n_train, "val": budget.n_val}  # fmt: skip
+    if meta_path.is_file():
+        meta = json.loads(meta_path.read_text())
+        if all(meta.get(k) == v for k, v in want.items()):
+            return root
+        shutil.rmtree(root)
+    print(f"generating the street benchmark in {root} ({budget.n_train} + {budget.n_val} scenes, {budget.size[0]}x{budget.size[1]})", flush=True)
+    generate_streets(root, budget.n_train, budget.n_val, budget.size, budget.data_seed)
+    return root
+
+
+def run_experiment(budget_name: str, out: Path, data: Path | None, results_md: Path, chart: Path,
+                   demo_out: Path | None = None, only: list[str] | None = None) -> list[dict]:  # fmt: skip
+    if budget_name not in BUDGETS:
+        raise UserError(f"unknown budget {budget_name!r}; budgets: {', '.join(BUDGETS)}")
+    budget = BUDGETS[budget_name]
+    t0 = time.perf_counter()
+    out = Path(out) / budget.name
+    data_root = ensure_data(budget, Path(data) if data else Path("data") / f"streets-{budget.name}")
+    t_data = time.perf_counter() - t0
+    runs = plan_runs(budget, data_root, out)
+    if only:
+        unknown = set(only) - {r.name for r in runs}
+        if unknown:
+            raise UserError(f"unknown runs {sorted(unknown)}; runs: {', '.join(r.name for r in runs)}")
+        for r in runs:
+            if r.name in only:
+                for f in ("results.json", "model.safetensors"):
+                    (Path(r.cfg.run.out) / f).unlink(missing_ok=True)
+    records: dict[str, dict] = {}
+    todo = []
+    for r in runs:
+        rec = _done(r)
+        if rec is not None:
+            records[r.name] = rec
+        else:
+            todo.append(r)
+    print(f"{len(runs)} runs, {len(records)} already done; {len(todo)} to go, {budget.parallel} at a time", flush=True)
+    ctx = get_context("spawn")
+    with ProcessPoolExecutor(budget.parallel, mp_context=ctx) as pool:
+        pending = {pool.submit(_run_job, r, str(data_root), budget.eval_batch): r for r in todo}
+        while pending:
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                r = pending.pop(fut)
+                rec = fut.result()
+                records[r.name] = rec
+                scores = ", ".join(f"{x['test']}{'/' + x['scheme'] if x['scheme'] else ''} {x['miou']:.1f}" for x in rec["results"])
+                print(f"[{len(records)}/{len(runs)}] {r.name}: {rec['train_seconds']:.0f}s train; mIoU {scores} "
+                      f"({(time.perf_counter() - t0) / 60:.1f} min so far)", flush=True)  # fmt: skip
+    ordered = [records[r.name] for r in runs]
+    total_s = time.perf_counter() - t0
+    write_report(budget, ordered, data_root, results_md, chart, total_s, t_data)
+    if demo_out is not None:
+        export_demo(budget, ordered, data_root, Path(demo_out))
+    print(f"wrote {results_md} and {chart} ({total_s / 60:.1f} min)", flush=True)
+    return ordered
+
+
+# -- the report -----------------------------------------------------------------------------------
+
+ROWS = [  # (label, model, train, test)
+    ("SETR", "setr", "none", "none"),
+    ("SETR", "setr", "none", "per-image"),
+    ("SETR", "setr", "shared", "shared"),
+    ("SETR", "setr", "per-image", "per-image"),
+    ("key-invariant SETR", "inv", "none", "none"),
+    ("key-invariant SETR", "inv", "none", "per-image"),
+    ("key-invariant SETR", "inv", "per-image", "per-image"),
+]
+SETTING = {"none": "plain", "shared": "one shared key", "per-image": "per-image keys"}
+
+
+def table_value(records: list[dict], model: str, train: str, test: str, scheme: str | None) -> float | None:
+    for rec in records:
+        if rec["model"] != model or rec["train"] != train:
+            continue
+        if train != "none" and rec["scheme"] != scheme:
+            continue
+        for x in rec["results"]:
+            if x["test"] == test and (test == "none" or x["scheme"] == scheme):
+                return x["miou"]
+    return None
+
+
+def _fmt(v: float | None) -> str:
+    return "—" if v is None else f"{v:.1f}"
+
+
+def write_report(budget: Budget, records: list[dict], data_root: Path, path: Path, chart: Path, total_s: float, data_s: float) -> None:
+    import torch
+
+    schemes = budget.schemes
+    lines = [
+        "# Results: per-image keys vs. plain and shared-key training",
+        "",
+        f"**Benchmark: the procedural street scenes of `encseg data streets` (Cityscapes classes and layout), "
+        f"not Cityscapes.** {budget.n_train} training and {budget.n_val} validation scenes of "
+        f"{budget.size[0]}x{budget.size[1]} pixels, generator seed {budget.data_seed}. mIoU (%) with the Cityscapes "
+        "protocol (one confusion matrix over the validation set, 19 classes, ignore 255, mean over classes with a "
+        "defined IoU). Encrypted test images get a fresh key each (or the one shared key); the predicted label map "
+        "is decrypted with that key before scoring.",
+        "",
+        "| model | train | test | " + " | ".join(SCHEME_LABELS.get(s, s) for s in schemes) + " |",
+        "|---|---|---|" + "---:|" * len(schemes),
+    ]
+    for label, model, train, test in ROWS:
+        vals = [table_value(records, model, train, test, s) for s in schemes]
+        if test == "none":
+            cells = [_fmt(vals[0])] * len(schemes)  # scheme-independent
+        else:
+            cells = [_fmt(v) for v in vals]
+        lines.append(f"| {label} | {SETTING[train]} | {SETTING[test]} | " + " | ".join(cells) + " |")
+    plain = table_value(records, "setr", "none", "none", None)
+    gaps = []
+    for s in schemes:
+        v = table_value(records, "setr", "per-image", "per-image", s)
+        gaps.append(None if v is None or plain is None else v - plain)
+    lines += [
+        "",
+        "Per-image-key SETR minus plain SETR (goal: within 1.0 mIoU): "
+        + ", ".join(f"{SCHEME_LABELS.get(s, s)} {g:+.1f}" for s, g in zip(schemes, gaps) if g is not None) + ".",
+        "",
+        f"![mIoU per setting and scheme]({chart.name})",
+        "",
+        "## How these numbers were made",
+        "",
+        "```",
+        f"encseg experiment --budget {budget.name}",
+        "```",
+        "",
+    ]
+    cfg = records[0]["config"]
+    m, o, r, d = cfg["model"], cfg["optim"], cfg["run"], cfg["data"]
+    lines += [
+        f"Budget `{budget.name}`: every run trains {r['steps']} steps of batch {r['batch_size']} "
+        f"({d['crop'][0]}x{d['crop'][1]} crops, scale {d['ratio_range'][0]}-{d['ratio_range'][1]}, flip, photometric "
+        f"distortion) from scratch: SETR = {m['encoder']} (patch {m['patch_size']}) with the {m['decoder']} decoder"
+        f"{' and auxiliary heads' if m['aux'] else ''}, {o['name']} lr {o['lr']} (poly, {o['warmup_steps']} warm-up steps), "
+        f"decoder width {m['channels']}. The key-invariant SETR has no position embedding and a token-wise decoder "
+        "(per-pixel, with a permutation-invariant patch embedding, for schemes with pixel shuffling). Cipher block "
+        f"size = patch size = {m['patch_size']}. Whole-image inference.",
+        "",
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores visible, torch {torch.__version__}, "
+        f"{budget.parallel} runs at a time with {budget.threads or 'default'} thread(s) each; wall time "
+        f"{total_s / 60:.1f} min in this invocation (data generation {data_s / 60:.1f} min; runs already done were not redone).",
+        "",
+        "| run | train s | eval s | results |",
+        "|---|---:|---:|---|",
+    ]
+    for rec in records:
+        res = "; ".join(f"{x['test']}{' ' + x['scheme'] if x['scheme'] else ''}: {x['miou']:.1f}" for x in rec["results"])
+        lines.append(f"| {rec['name']} | {rec['train_seconds']:.0f} | {rec['eval_seconds']:.0f} | {res} |")
+    best = best_per_image(records)
+    if best is not None:
+        x = best["results"][0]
+        lines += ["", f"## Per-class IoU of the best per-image-key model (`{best['name']}`, per-image test keys)", "",
+                  "| class | IoU |", "|---|---:|"]  # fmt: skip
+        lines += [f"| {n} | {'n/a' if v is None else f'{v:.1f}'} |" for n, v in x["iou"].items()]
+    lines.append("")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines))
+    draw_chart(records, schemes, chart)
+
+
+def best_per_image(records: list[dict]) -> dict | None:
+    cands = [r for r in records if r["train"] == "per-image"]
+    return max(cands, key=lambda r: r["results"][0]["miou"]) if cands else None
+
+
+def draw_chart(records: list[dict], schemes: tuple[str, ...], path: Path) -> None:
+    """Grouped bars (one group per scheme) with Pillow; dashed lines mark the plain->plain models."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    series = [  # (legend, model, train, test, colour)
+        ("SETR plain -> per-image test", "setr", "none", "per-image", (190, 190, 190)),
+        ("SETR shared key", "setr", "shared", "shared", (240, 160, 60)),
+        ("SETR per-image keys", "setr", "per-image", "per-image", (50, 110, 200)),
+        ("key-inv. plain -> per-image test", "inv", "none", "per-image", (200, 220, 190)),
+        ("key-inv. per-image keys", "inv", "per-image", "per-image", (60, 160, 90)),
+    ]
+    W, H, left, right, top, bottom = 1000, 560, 70, 250, 50, 70
+    img = Image.new("RGB", (W, H), "white")
+    dr = ImageDraw.Draw(img)
+    try:
+        font = ImageFont.load_default(size=14)
+        small = ImageFont.load_default(size=11)
+    except TypeError:  # Pillow without FreeType sizes
+        font = small = ImageFont.load_default()
+    ph, pw = H - top - bottom, W - left - right
+    y_of = lambda v: top + ph * (1 - v / 100.0)  # noqa: E731
+    for t in range(0, 101, 20):
+        y = y_of(t)
+        dr.line([(left, y), (left + pw, y), ], fill=(225, 225, 225))
+        dr.text((left - 8, y), f"{t}", fill="black", font=small, anchor="rm")
+    dr.text((12, top - 30), "mIoU (%) on the procedural street benchmark (not Cityscapes)", fill="black", font=font)
+    group_w = pw / len(schemes)
+    bar_w = group_w * 0.8 / len(series)
+    for gi, s in enumerate(schemes):
+        gx = left + gi * group_w + group_w * 0.1
+        for si, (_, model, train, test, colour) in enumerate(series):
+            v = table_value(records, model, train, test, s)
+            if v is None:
+                continue
+            x0 = gx + si * bar_w
+            dr.rectangle([x0, y_of(v), x0 + bar_w - 3, y_of(0)], fill=colour, outline=(60, 60, 60))
+            dr.text((x0 + bar_w / 2 - 1, y_of(v) - 3), f"{v:.0f}", fill="black", font=small, anchor="mb")
+        dr.text((left + gi * group_w + group_w / 2, y_of(0) + 10), SCHEME_LABELS.get(s, s), fill="black", font=font, anchor="mt")
+    for label, model, colour in (("SETR plain -> plain", "setr", (200, 40, 40)), ("key-inv. plain -> plain", "inv", (120, 40, 160))):
+        v = table_value(records, model, "none", "none", None)
+        if v is None:
+            continue
+        y = y_of(v)
+        for x in range(left, left + pw, 12):
+            dr.line([(x, y), (min(x + 6, left + pw), y)], fill=colour, width=2)
+        series.append((f"{label} ({v:.1f})", model, "", "", colour))
+    dr.line([(left, top), (left, y_of(0)), (left + pw, y_of(0))], fill="black")
+    for i, (legend, *_, colour) in enumerate(series):
+        y = top + 10 + i * 26
+        dr.rectangle([W - right + 15, y, W - right + 33, y + 14], fill=colour, outline=(60, 60, 60))
+        dr.text((W - right + 40, y + 7), legend, fill="black", font=small, anchor="lm")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path)
+
+
+# -- the demo model ---------------------------------------------------------------------------------
+
+
+def export_demo(budget: Budget, records: list[dict], data_root: Path, folder: Path) -> Path:
+    """The best per-image-key model as fp16 safetensors (auxiliary heads dropped) + JSON, for `encseg demo`."""
+    from encseg.models import SETRConfig, build_setr, load_checkpoint, save_checkpoint
+
+    best = best_per_image(records)
+    if best is None:
+        raise UserError("no per-image-key run to export")
+    src = Path(best["config"]["run"]["out"]) / "model.safetensors"
+    model, config, _ = load_checkpoint(src)
+    lean_cfg = SETRConfig.from_dict(config.to_dict() | {"aux": False})
+    lean = build_setr(lean_cfg)
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("aux_heads.")}
+    lean.load_state_dict(state)
+    lean = lean.half().eval()
+    x = best["results"][0]
+    extra = {
+        "benchmark": "encseg procedural streets (not Cityscapes)",
+        "encryption": {"mode": "per-image", "scheme": best["scheme"]},
+        "scene_size": list(budget.size),
+        "data": {"generator_seed": budget.data_seed, "train": budget.n_train, "val": budget.n_val},
+        "val_miou_per_image_keys": x["miou"],
+        "run": best["name"],
+        "command": f"encseg experiment --budget {budget.name} --demo-out {folder}",
+        "train_config": best["config"],
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    return save_checkpoint(folder / "demo-setr.safetensors", lean, extra=extra)
