@@ -14,7 +14,7 @@ from PIL import Image
 
 from encseg.attacks import jigsaw, known_pair, metrics, stats
 from encseg.attacks.inverse import InverseConfig, UNet, invert, train_inverse
-from encseg.cipher import CHANNEL_ORDERS, Key, Plan, Scheme, encrypt, make_plan
+from encseg.cipher import Key, Plan, Scheme, encrypt, make_plan
 from encseg.cipher.keystream import expand_group_permutation
 from encseg.cipher.transform import apply_plan_to_image
 
@@ -30,6 +30,16 @@ def smooth_image(h: int, w: int, seed: int = 0) -> np.ndarray:
             img[..., c] += np.sin(2 * np.pi * (fy * y + fx * x) + rng.uniform(0, 2 * np.pi))
     img = (img - img.min()) / (img.max() - img.min()) * 255
     return img.round().astype(np.uint8)
+
+
+def textured_image(h: int, w: int, seed: int = 0) -> np.ndarray:
+    """Isotropic texture: white noise box-blurred three times (neighbours alike in every direction)."""
+    x = np.random.default_rng(seed).normal(size=(h, w, 3))
+    for _ in range(3):
+        q = np.pad(x, ((1, 1), (1, 1), (0, 0)), mode="wrap")
+        x = sum(q[i : i + h, j : j + w] for i in range(3) for j in range(3)) / 9
+    x = (x - x.min()) / (x.max() - x.min()) * 255
+    return x.round().astype(np.uint8)
 
 
 def fixed_key(i: int) -> Key:
@@ -252,6 +262,18 @@ def test_block_statistics_survive_scrambling_and_histograms_survive_bs():
     assert stats.histogram_distance(img, enc_bs) == 0.0
     black, white = np.zeros((4, 4, 3), np.uint8), np.full((4, 4, 3), 255, np.uint8)
     assert stats.histogram_distance(black, white) == 1.0
+
+
+def test_pixel_shuffle_adjacency_leaks_from_one_textured_ciphertext_but_not_from_noise():
+    key = fixed_key(14)
+    for code in ("bs-ps-np-cs", "ps4-np-cs"):
+        scheme = Scheme.parse(code, block_size=8)
+        pixel_src = make_plan(key, scheme, 8, 8).pixel_src
+        smooth = encrypt(textured_image(64, 64, 2), key, scheme).data
+        assert stats.pixel_adjacency_leak(smooth, 8, pixel_src) == 1.0
+        noise = encrypt(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8), key, scheme).data
+        assert stats.pixel_adjacency_leak(noise, 8, pixel_src) < 0.5
+    assert math.isnan(stats.pixel_adjacency_leak(smooth, 8, None))
 
 
 # -- learned inverse --------------------------------------------------------------------------------

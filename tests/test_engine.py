@@ -30,7 +30,7 @@ from encseg.engine.train import (
     train,
 )
 from encseg.errors import UserError
-from encseg.models import IMAGENET_MEAN, IMAGENET_STD, SETRConfig, build_setr
+from encseg.models import IMAGENET_MEAN, IMAGENET_STD, SETRConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -187,6 +187,19 @@ def test_stop_after_and_resume_match_an_uninterrupted_run(streets, tmp_path):
     assert [r["step"] for r in _log(tmp_path / "b")] == [str(s) for s in range(1, 7)]
 
 
+def test_inverse_sqrt_class_weights_favour_rare_classes(streets):
+    from encseg.engine.train import class_weights
+
+    ds = CityscapesDataset(streets, "train")
+    w = class_weights(ds, 19)
+    counts = sum(np.bincount(ds.load(i)[1].ravel(), minlength=256)[:19] for i in range(len(ds)))
+    seen = counts > 0
+    assert w[torch.from_numpy(seen)].mean().item() == pytest.approx(1.0, rel=1e-5)
+    rare, common = int(np.argmin(np.where(seen, counts, np.inf))), int(np.argmax(counts))
+    assert w[rare] > w[common]
+    assert torch.equal(w, class_weights(ds, 19))
+
+
 def test_gradient_accumulation_counts_optimizer_steps(streets, tmp_path):
     cfg = smoke(streets, tmp_path / "acc", "run.steps=3", "run.accum=2", "run.batch_size=1")
     final = train(cfg, progress=False)
@@ -324,13 +337,13 @@ def test_experiment_writes_the_table_the_chart_and_the_demo_model(tmp_path, monk
     assert text.count("| SETR |") == 4 and text.count("| key-invariant SETR |") == 3
     assert "—" not in text.split("## How")[0]  # every cell of the table is filled
     assert Image.open(png).size == (1000, 560)
-    meta = json.loads((demo / "demo-setr.json").read_text())
+    meta = json.loads((demo / "demo.json").read_text())
     assert meta["extra"]["encryption"]["mode"] == "per-image" and meta["config"]["aux"] is False
-    weights = load_file(str(demo / "demo-setr.safetensors"))
+    weights = load_file(str(demo / "demo.safetensors"))
     assert all(v.dtype in (torch.float16, torch.int64) for v in weights.values())
     from encseg.models import load_checkpoint
 
-    load_checkpoint(demo / "demo-setr.safetensors")
+    load_checkpoint(demo / "demo.safetensors")
     # a second call finds every run done and only rewrites the report
     t0 = time.perf_counter()
     experiment.run_experiment("tiny", tmp_path / "runs", tmp_path / "data", md, png)

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import typer
 
-from encseg.attacks.inverse import InverseConfig
 from encseg.cipher.scheme import PRESETS, Scheme
 from encseg.errors import UserError
 
@@ -39,6 +38,7 @@ def attack(
     progress: bool = typer.Option(True, help="show a progress bar"),
 ) -> None:
     """Attack every scheme (jigsaw solver, learned inverse, statistics) on held-out street scenes."""
+    from encseg.attacks.inverse import InverseConfig  # torch: imported only when the command runs
     from encseg.attacks.report import run_suite
 
     names = ALL_SCHEMES if schemes.strip() == "all" else [s.strip() for s in schemes.split(",") if s.strip()]

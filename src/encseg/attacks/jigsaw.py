@@ -2,7 +2,8 @@
 
 Pairwise compatibility is Gallagher's Mahalanobis Gradient Compatibility (MGC, CVPR 2012): the
 gradient across a seam, scored against the distribution of gradients just inside each piece. The
-placer is greedy, best buddies first (after Paikin & Tal, CVPR 2015), on the known grid. The
+placer is greedy, best buddies first (after Paikin & Tal, CVPR 2015), on a grid of known size,
+with a trim-and-fill pass against a wrongly anchored frame (after Gallagher). The
 extended solver (as in Chuman & Kiya's attacks on EtC images) also searches, per block, the 12
 colour transforms that negative-positive (2 states) and channel shuffling (6 orders) can produce.
 
@@ -22,8 +23,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-# Same table and convention as the cipher: out[..., c] = in[..., order[c]].
-CHANNEL_ORDERS = np.array([(0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0)], dtype=np.intp)
+from encseg.cipher import CHANNEL_ORDERS  # the cipher's table: out[..., c] = in[..., order[c]]
+
 N_TRANSFORMS = 12  # t = 6 * negate + order
 
 # Gallagher's nine dummy gradients: regularise the 3x3 covariance of flat edges. The set is closed
@@ -57,10 +58,6 @@ def apply_transform(blocks: np.ndarray, t: np.ndarray | int) -> np.ndarray:
     out = np.take_along_axis(blocks, order[..., None, None, :], axis=-1)
     neg = (t >= 6)[..., None, None, None]
     return np.where(neg, 255 - out, out).astype(blocks.dtype)
-
-
-def transform_index(negate: bool, order: int) -> int:
-    return 6 * int(bool(negate)) + int(order)
 
 
 def inverse_transform(t: int) -> int:

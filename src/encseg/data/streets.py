@@ -32,7 +32,7 @@ from encseg.data.cityscapes import (
 )
 from encseg.errors import UserError
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 # trainIds (see cityscapes.CLASS_NAMES)
 ROAD, SIDEWALK, BUILDING, WALL, FENCE, POLE, LIGHT, SIGN, VEGETATION, TERRAIN, SKY = range(11)
@@ -225,6 +225,8 @@ class StreetScene:
             self.road_r += 2.2
         self.lanes = [self.road_l + (2.2 if self.parking[0] else 0) + k * self.lane_w for k in range(n_left + n_right + 2)]
         self.sidewalk = (rng.uniform(1.8, 4.5), rng.uniform(1.8, 4.5))
+        # a grass verge between curb and footway on some streets (part of the sidewalk's width)
+        self.verge = tuple(rng.uniform(0.8, 1.6) if rng.random() < 0.35 else 0.0 for _ in range(2))
         self.z_end = rng.uniform(70, 200)
         self.far_buildings = rng.random() < 0.75
         self.sides = [self._segments(s) for s in (0, 1)]
@@ -254,11 +256,11 @@ class StreetScene:
         while z < self.z_end:
             length = rng.uniform(7, 28)
             r = rng.random()
-            kind = "building" if r < 0.66 else ("park" if r < 0.8 else "open")
+            kind = "building" if r < 0.6 else ("park" if r < 0.76 else "open")
             seg = Segment(
                 z0=z, z1=min(z + length, self.z_end + 5), kind=kind,
                 setback=rng.uniform(0, 3.0) if rng.random() < 0.5 else 0.0,
-                strip=TERRAIN if rng.random() < 0.35 else SIDEWALK,
+                strip=TERRAIN if rng.random() < 0.45 else SIDEWALK,
             )  # fmt: skip
             if kind == "building":
                 seg.height = rng.uniform(7, 32)
@@ -270,7 +272,7 @@ class StreetScene:
             else:
                 seg.strip = TERRAIN if kind == "park" else seg.strip
                 seg.setback = rng.uniform(0.5, 4.0)
-                seg.boundary = ["wall", "fence", "hedge", ""][rng.integers(4)] if kind == "open" else (
+                seg.boundary = ["wall", "fence", "hedge", ""][rng.choice(4, p=[0.35, 0.35, 0.2, 0.1])] if kind == "open" else (
                     "fence" if rng.random() < 0.3 else "")  # fmt: skip
             segs.append(seg)
             z += length
@@ -386,7 +388,7 @@ class StreetScene:
             strip_lab = np.array([s.strip for s in segs], dtype=np.uint8)[si]
             beyond = out > self.sidewalk[side]
             lab[walk | (beyond & (strip_lab == SIDEWALK))] = SIDEWALK
-            lab[beyond & (strip_lab == TERRAIN)] = TERRAIN
+            lab[(beyond & (strip_lab == TERRAIN)) | ((out > 0.25) & (out <= self.verge[side]))] = TERRAIN
             tiles = ((np.abs(X) % 0.6) < 0.05) | ((Z % 0.6) < 0.05 * np.maximum(1, Z / 6))
             paving = self.paving * np.where(tiles[..., None], 0.8, 1.0)
             sel = (lab == SIDEWALK) & (out > 0)
@@ -434,7 +436,7 @@ class StreetScene:
                 Z = rng.uniform(z0, z1)
                 X = Xb + (-1 if side == 0 else 1) * rng.uniform(1, 10)
                 self.tree(X, Z, rng.uniform(4, 11))
-        height = {"wall": rng.uniform(0.8, 2.5), "fence": rng.uniform(1.0, 2.2), "hedge": rng.uniform(0.8, 1.8)}
+        height = {"wall": rng.uniform(1.2, 3.2), "fence": rng.uniform(1.2, 2.5), "hedge": rng.uniform(0.8, 1.8)}
         if seg.boundary:
             self.draw_boundary(side, Xb, z0, z1, seg.boundary, height[seg.boundary])
 
@@ -530,7 +532,7 @@ class StreetScene:
             sw = self.sidewalk[side]
             # poles, street lamps, signs and traffic lights near the curb
             Z = rng.uniform(4, 14)
-            while Z < min(self.z_end, 90):
+            while Z < min(self.z_end, 70):
                 X = curb[side] + sgn * rng.uniform(0.3, 0.8)
                 r = rng.random()
                 if r < 0.3:
@@ -541,7 +543,7 @@ class StreetScene:
                     out.append((Z, _bind(self.traffic_light, X, Z, -sgn)))
                 else:
                     out.append((Z, _bind(self.tree, X + sgn * 0.4, Z, rng.uniform(5, 11))))
-                Z += rng.uniform(6, 22)
+                Z += rng.uniform(5, 18)
             # trees in the sidewalk
             if rng.random() < 0.6:
                 Z = rng.uniform(3, 12)
@@ -551,7 +553,7 @@ class StreetScene:
                     Z += step * rng.uniform(0.8, 1.2)
             # pedestrians
             for _ in range(int(rng.integers(0, 8))):
-                Z = rng.uniform(4, 60)
+                Z = rng.uniform(4, 40)
                 X = curb[side] + sgn * rng.uniform(0.3, sw + 0.5)
                 out.append((Z, _bind(self.person, X, Z)))
             # parked cars and bicycles
@@ -564,7 +566,7 @@ class StreetScene:
                         kind = CAR if rng.random() < 0.9 else TRUCK
                         out.append((Z, _bind(self.vehicle, X, Z, kind, parked=True)))
                     Z += L + rng.uniform(0.8, 6)
-            if rng.random() < 0.3:
+            if rng.random() < 0.45:
                 Z = rng.uniform(5, 30)
                 for k in range(int(rng.integers(1, 4))):
                     out.append((Z + k * 0.8, _bind(self.two_wheeler, curb[side] + sgn * (sw - 0.5), Z + k * 0.8, BICYCLE, view="side", rider=False)))
@@ -574,9 +576,9 @@ class StreetScene:
             lx = (self.lanes[k] + self.lanes[k + 1]) / 2
             oncoming = lx < self.road_l + 0.5 * (self.road_r - self.road_l) - self.lane_w and k >= first
             Z = rng.uniform(5, 25)
-            while Z < min(self.z_end, 120):
+            while Z < min(self.z_end, 90):
                 r = rng.random()
-                kind = CAR if r < 0.72 else TRUCK if r < 0.84 else BUS if r < 0.95 else MOTORCYCLE
+                kind = CAR if r < 0.7 else TRUCK if r < 0.82 else BUS if r < 0.92 else MOTORCYCLE
                 X = lx + rng.uniform(-0.3, 0.3)
                 if kind == MOTORCYCLE:
                     out.append((Z, _bind(self.two_wheeler, X, Z, MOTORCYCLE, view="rear", rider=True)))
@@ -584,10 +586,10 @@ class StreetScene:
                     out.append((Z, _bind(self.vehicle, X, Z, kind, front=oncoming)))
                 Z += rng.uniform(10, 40)
         # a cyclist near the right curb, a tram in the middle
-        if rng.random() < 0.45:
+        if rng.random() < 0.55:
             Z = rng.uniform(6, 35)
             out.append((Z, _bind(self.two_wheeler, self.road_r - 1.0 - (2.2 if self.parking[1] else 0), Z, BICYCLE, view="rear", rider=True)))
-        if rng.random() < 0.12:
+        if rng.random() < 0.2:
             Z = rng.uniform(15, 60)
             out.append((Z, _bind(self.vehicle, (self.road_l + self.road_r) / 2 - 1.5, Z, TRAIN)))
         if self.crosswalk is not None:
@@ -605,7 +607,7 @@ class StreetScene:
         colour = np.array([110, 112, 115]) * self.rng.uniform(0.6, 1.3)
         xb, yb = self.proj(X, 0, Z)
         _, yt = self.proj(X, height, Z)
-        width = max(0.16 * self.f / Z, 1.0)
+        width = max(0.3 * self.f / Z, 1.0)
         c.rect(xb - width / 2, yt, xb + width / 2, yb, colour, POLE, Z, texture=0.1)
         if lamp:
             xa, ya = self.proj(X + lamp * 1.6, height - 0.1, Z)
@@ -618,7 +620,7 @@ class StreetScene:
         self.pole(X, Z, height + 0.3)
         s = self.f / Z
         x, y = self.proj(X, height, Z)
-        size = rng.uniform(0.5, 0.8) * s
+        size = rng.uniform(0.8, 1.1) * s
         kind = rng.integers(4)
         if rng.random() < 0.25:  # seen from behind: a grey plate
             c.ellipse(x, y, size / 2, size / 2, (140, 140, 140), SIGN, Z, texture=0.1)
@@ -648,7 +650,7 @@ class StreetScene:
             c.segment(x0, y0, xa, ya, max(0.12 * s, 1.0), (110, 112, 115), POLE, Z)
             X = X + towards_road * arm
         x, y = self.proj(X, height - 0.5, Z)
-        w, h = 0.35 * s, 1.0 * s
+        w, h = 0.55 * s, 1.4 * s
         back = rng.random() < 0.3
         c.rect(x - w / 2, y - h / 2, x + w / 2, y + h / 2, (35, 38, 35), LIGHT, Z, texture=0.1)
         if not back:

@@ -25,6 +25,7 @@ from encseg.models import SETRConfig
 
 ENCRYPTION_MODES = ("none", "shared", "per-image")
 OPTIMIZERS = ("sgd", "adamw")
+CLASS_WEIGHTS = ("none", "inverse-sqrt")
 
 
 @dataclass
@@ -59,6 +60,7 @@ class OptimConfig:
     min_lr: float = 1e-4  # poly floor (eta_min), scaled by each group's multiplier
     warmup_steps: int = 0  # linear warm-up from 0 (not in SETR's recipe; helps from-scratch AdamW)
     grad_clip: float = 0.0  # max gradient norm; 0 = off
+    class_weights: str = "none"  # "none" (SETR) | "inverse-sqrt": CE weights 1/sqrt(class frequency), mean 1
 
 
 @dataclass
@@ -90,6 +92,8 @@ class TrainConfig:
             raise UserError(f"encryption.mode must be one of {', '.join(ENCRYPTION_MODES)} (got {e.mode!r})")
         if o.name not in OPTIMIZERS:
             raise UserError(f"optim.name must be one of {', '.join(OPTIMIZERS)} (got {o.name!r})")
+        if o.class_weights not in CLASS_WEIGHTS:
+            raise UserError(f"optim.class_weights must be one of {', '.join(CLASS_WEIGHTS)} (got {o.class_weights!r})")
         if r.amp not in ("auto", "bf16", "off"):
             raise UserError(f"run.amp must be auto, bf16 or off (got {r.amp!r})")
         for name in ("steps", "batch_size", "accum", "ckpt_every", "log_every"):
@@ -197,7 +201,7 @@ def _streets_cpu() -> TrainConfig:
     """The CPU budget on the procedural street benchmark (see `encseg.engine.experiment`)."""
     return TrainConfig(
         model=SETRConfig(encoder="vit-tiny-6", decoder="pup", img_size=(128, 256), aux=True),
-        data=DataConfig(root="data/streets-cpu", crop=(128, 256), ratio_range=(0.75, 1.5), workers=1),
+        data=DataConfig(root="data/streets-cpu-small", crop=(128, 256), ratio_range=(0.75, 1.5), workers=1),
         encryption=EncryptionConfig(mode="none"),
         optim=OptimConfig(name="adamw", lr=1e-3, weight_decay=0.01, head_lr_mult=1.0, min_lr=1e-5, warmup_steps=50, grad_clip=1.0),
         run=RunConfig(steps=1000, batch_size=8, out="runs/streets-cpu", ckpt_every=250, log_every=10, threads=2),

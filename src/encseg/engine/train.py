@@ -18,11 +18,11 @@ import contextlib
 import csv
 import json
 import math
-import os
 import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
@@ -179,13 +179,28 @@ class CsvLog:
 # -- the loop ----------------------------------------------------------------------------------------
 
 
-def segmentation_loss(out, target: torch.Tensor, aux_weight: float) -> tuple[torch.Tensor, torch.Tensor]:
+def segmentation_loss(out, target: torch.Tensor, aux_weight: float, weight: torch.Tensor | None = None):
     """Cross-entropy (ignore 255) of the main head plus `aux_weight` x that of each auxiliary head."""
-    main = F.cross_entropy(out["out"].float(), target, ignore_index=IGNORE_INDEX)
+    main = F.cross_entropy(out["out"].float(), target, weight=weight, ignore_index=IGNORE_INDEX)
     total = main
     for logits in out["aux"]:
-        total = total + aux_weight * F.cross_entropy(logits.float(), target, ignore_index=IGNORE_INDEX)
+        total = total + aux_weight * F.cross_entropy(logits.float(), target, weight=weight, ignore_index=IGNORE_INDEX)
     return total, main
+
+
+def class_weights(dataset: CityscapesDataset, num_classes: int, sample: int = 200) -> torch.Tensor:
+    """1/sqrt(pixel frequency) per class over (up to) `sample` evenly spaced label maps, scaled to
+    mean 1 over the classes seen; unseen classes get the largest weight. Deterministic."""
+    counts = np.zeros(num_classes, dtype=np.float64)
+    for i in np.linspace(0, len(dataset) - 1, min(sample, len(dataset))).astype(int):
+        _, label = dataset.load(int(i))
+        counts += np.bincount(label.ravel(), minlength=256)[:num_classes]
+    seen = counts > 0
+    w = np.zeros(num_classes)
+    w[seen] = 1 / np.sqrt(counts[seen] / counts.sum())
+    w[seen] /= w[seen].mean()
+    w[~seen] = w[seen].max() if seen.any() else 1.0
+    return torch.tensor(w, dtype=torch.float32)
 
 
 def shared_key_path(cfg: TrainConfig) -> Path:
@@ -279,6 +294,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_af
     step, t_start = start, time.perf_counter()
     t_window, img_window, loss_window, main_window, n_window = time.perf_counter(), 0, 0.0, 0.0, 0
     aux_w = cfg.model.aux_weight
+    weight = None
+    if cfg.optim.class_weights == "inverse-sqrt":
+        weight = class_weights(dataset, cfg.model.num_classes).to(d.device)
     try:
         while step < end:
             epoch, within = divmod(step, steps_per_epoch)
@@ -299,7 +317,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_af
                     y = labels.to(d.device, non_blocking=True)
                     sync = micro == r.accum - 1 or not d.enabled
                     with (contextlib.nullcontext() if sync else net.no_sync()), _autocast(cfg, d.device):
-                        loss, main = segmentation_loss(net(x), y, aux_w)
+                        loss, main = segmentation_loss(net(x), y, aux_w, weight)
                         (loss / r.accum).backward()
                     step_loss += loss.item() / r.accum
                     step_main += main.item() / r.accum
