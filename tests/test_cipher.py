@@ -240,3 +240,19 @@ def test_c_kernel_rejects_buffers_that_do_not_match_the_grid():
         transform._kernel.apply(x, np.empty((8, 4, 3), np.uint8), 2, 2, 4, None, None, None, None, False)
     with pytest.raises(ValueError, match="out of range"):
         transform._kernel.apply(x, np.empty_like(x), 2, 2, 4, np.array([0, 1, 2, 9], np.int64), None, None, None, False)
+
+
+@pytest.mark.parametrize("words", [
+    np.array([5, 3, 5, 0, 2**64 - 1, 3, 2**63, 5], dtype="<u8"),  # ties keep index order
+    np.random.default_rng(7).integers(0, 2**63, 5000, dtype=np.uint64) * 2,
+    np.random.default_rng(8).integers(0, 4, 3000).astype("<u8") << np.uint64(56),  # ties in the top byte only
+    np.array([], dtype="<u8"),
+])
+def test_c_radix_argsort_equals_numpy_stable_argsort(words):
+    from encseg.cipher import keystream
+
+    if keystream._kernel is None:
+        pytest.skip("the optional C kernel was not built")
+    out = np.empty(len(words), np.int64)
+    keystream._kernel.stable_argsort_u64(words.astype("<u8").tobytes(), out)
+    assert np.array_equal(out, np.argsort(words, kind="stable"))

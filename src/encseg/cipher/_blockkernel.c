@@ -172,7 +172,61 @@ done:
     return result;
 }
 
+/* stable_argsort_u64(words: little-endian uint64 bytes, out: int64 buffer of the same count).
+ * LSD radix sort, 8 passes of 8 bits: stable, so equal words keep index order, i.e. the
+ * permutation of format v1 section 5 (indices sorted by (k_i, i)). */
+static PyObject *stable_argsort_u64(PyObject *self, PyObject *args) {
+    Py_buffer in, out;
+    if (!PyArg_ParseTuple(args, "y*w*", &in, &out)) return NULL;
+    PyObject *result = NULL;
+    const Py_ssize_t n = in.len / 8;
+    uint64_t *keys = NULL, *keys2 = NULL;
+    int64_t *idx2 = NULL;
+    if (in.len % 8 || out.len != in.len) {
+        PyErr_SetString(PyExc_ValueError, "words must be n*8 bytes and out n int64s");
+        goto done;
+    }
+    keys = PyMem_Malloc(sizeof(uint64_t) * (n ? n : 1));
+    keys2 = PyMem_Malloc(sizeof(uint64_t) * (n ? n : 1));
+    idx2 = PyMem_Malloc(sizeof(int64_t) * (n ? n : 1));
+    if (!keys || !keys2 || !idx2) { PyErr_NoMemory(); goto done; }
+    int64_t *idx = out.buf;
+    const uint8_t *b = in.buf;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < n; i++) {
+        uint64_t k = 0;
+        for (int j = 7; j >= 0; j--) k = (k << 8) | b[8 * i + j];
+        keys[i] = k;
+        idx[i] = i;
+    }
+    uint64_t *ks = keys, *kd = keys2;
+    int64_t *is = idx, *id = idx2;
+    for (int shift = 0; shift < 64; shift += 8) {
+        Py_ssize_t count[257] = {0};
+        for (Py_ssize_t i = 0; i < n; i++) count[((ks[i] >> shift) & 0xFF) + 1]++;
+        for (int d = 0; d < 256; d++) count[d + 1] += count[d];
+        for (Py_ssize_t i = 0; i < n; i++) {
+            Py_ssize_t pos = count[(ks[i] >> shift) & 0xFF]++;
+            kd[pos] = ks[i];
+            id[pos] = is[i];
+        }
+        uint64_t *tk = ks; ks = kd; kd = tk;
+        int64_t *ti = is; is = id; id = ti;
+    }
+    /* 8 passes: an even number of swaps, so the result is back in `idx` (out) */
+    Py_END_ALLOW_THREADS
+    result = Py_NewRef(Py_None);
+done:
+    PyMem_Free(keys);
+    PyMem_Free(keys2);
+    PyMem_Free(idx2);
+    PyBuffer_Release(&in);
+    PyBuffer_Release(&out);
+    return result;
+}
+
 static PyMethodDef methods[] = {
+    {"stable_argsort_u64", stable_argsort_u64, METH_VARARGS, "Stable argsort of little-endian uint64 words."},
     {"apply", apply, METH_VARARGS, "Encrypt (inverse=False) or decrypt a padded uint8 image with a fused plan."},
     {NULL, NULL, 0, NULL},
 };

@@ -3,6 +3,7 @@ draws made from it (permutations, negate bits, channel orders). See docs/encrypt
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from itertools import permutations
 
@@ -20,6 +21,13 @@ from encseg.cipher.scheme import (
     Scheme,
 )
 
+try:
+    if os.environ.get("ENCSEG_NO_KERNEL"):
+        raise ImportError
+    from encseg.cipher import _blockkernel as _kernel
+except ImportError:
+    _kernel = None
+
 SALT = b"encseg/v1"
 # The six channel orders, lexicographic: RGB, RBG, GRB, GBR, BRG, BGR. out[c] = in[order[c]].
 CHANNEL_ORDERS = np.array(list(permutations(range(3))), dtype=np.intp)
@@ -35,8 +43,12 @@ def step_stream(key: Key, step_name: str, nbytes: int) -> bytes:
 
 def draw_permutation(key: Key, step_name: str, n: int) -> np.ndarray:
     """A permutation of n: indices sorted by (k_i, i) for little-endian uint64 words k_i (stable argsort)."""
-    words = np.frombuffer(step_stream(key, step_name, 8 * n), dtype="<u8")
-    return np.argsort(words, kind="stable")
+    data = step_stream(key, step_name, 8 * n)
+    if _kernel is not None:  # radix sort in C: ~10x numpy's timsort for the 8192 blocks of 1024x2048
+        out = np.empty(n, np.int64)
+        _kernel.stable_argsort_u64(data, out)
+        return out
+    return np.argsort(np.frombuffer(data, dtype="<u8"), kind="stable")
 
 
 def draw_negate_bits(key: Key, n: int) -> np.ndarray:
