@@ -21,7 +21,7 @@ from encseg.errors import UserError
 DEMO_CHECKPOINT = Path(__file__).parent / "assets" / "demo.safetensors"
 
 
-def run_demo(out: Path, checkpoint: Path = DEMO_CHECKPOINT, scene: int = 0, size: tuple[int, int] = (256, 512),
+def run_demo(out: Path, checkpoint: Path = DEMO_CHECKPOINT, scene: int = 0, size: tuple[int, int] | None = None,
              scheme_text: str | None = None) -> dict:
     """Run the round trip and write the pictures; returns the summary it also writes as JSON."""
     from encseg.cipher import Key, Scheme, decrypt_mask, encrypt
@@ -37,6 +37,8 @@ def run_demo(out: Path, checkpoint: Path = DEMO_CHECKPOINT, scene: int = 0, size
     segmenter = Segmenter.from_checkpoint(checkpoint)
     info = segmenter.info
     scheme = Scheme.parse(scheme_text, block_size=info.patch_size) if scheme_text else info.schemes[0]
+    if size is None:  # the scene size the model was trained at
+        size = tuple(int(v) for v in info.config.get("img_size", (256, 512)))
     img, truth = render_scene(scene_seed(0, "test", scene), size)
 
     # -- client: fresh key, encrypt --------------------------------------------------------------
@@ -91,13 +93,13 @@ def demo_cmd(
     out: Path = typer.Option(Path("demo-out"), "--out", "-o", help="folder for the PNGs and summary.json"),
     checkpoint: Path = typer.Option(DEMO_CHECKPOINT, help="model checkpoint (.safetensors + .json)"),
     scene: int = typer.Option(0, help="index of the held-out test scene"),
-    size: str = typer.Option("256x512", help="scene size HxW"),
+    size: Optional[str] = typer.Option(None, help="scene size HxW (default: the model's training size)"),
     scheme: Optional[str] = typer.Option(None, help="override the scheme the model was trained for"),
 ) -> None:
     """Encrypt a held-out street scene with a fresh key, segment it, decrypt the label map, write PNGs."""
     from encseg.cipher.commands import parse_size
 
-    s = run_demo(out, checkpoint, scene, parse_size(size), scheme)
+    s = run_demo(out, checkpoint, scene, parse_size(size) if size else None, scheme)
     typer.echo(f"scene {s['scene']} ({s['size'][0]}x{s['size'][1]}, {s['benchmark']})")
     typer.echo(f"scheme {s['scheme']}, model {s['model']}: a fresh key encrypted it, the model saw only the encrypted image")
     typer.echo(f"mIoU {s['mIoU']:.2f}  pixel accuracy {s['pixel_accuracy']:.2f}  (this one image, after decrypting the label map)")
