@@ -23,13 +23,7 @@ from encseg.models import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one thread beats two on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread beats two on a shared 2-core box
 
 
 # (decoder, invariant_embedding): every decoder, the token decoder with both patch embeddings

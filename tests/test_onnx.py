@@ -15,12 +15,7 @@ from encseg.models import SETRConfig, build_setr, save_checkpoint  # noqa: E402
 from encseg.models.export import export_onnx, onnx_parity  # noqa: E402
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread beats two on a shared 2-core box
 
 
 def run_cli(monkeypatch, *args: str) -> int:

@@ -13,12 +13,7 @@ from encseg.models import VIT_PRESETS, SETRConfig, ViT, build_setr, load_vit_wei
 from encseg.models.vit import ViTSize
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread beats two on a shared 2-core box
 
 
 def timm_state_dict(size: ViTSize, grid: int, patch: int = 16, device: str = "cpu", classes: int = 1000) -> dict[str, torch.Tensor]:

@@ -8,20 +8,11 @@ from pathlib import Path
 
 import typer
 
+from encseg.cipher.commands import parse_size
 from encseg.cipher.scheme import PRESETS, Scheme
 from encseg.errors import UserError
 
 ALL_SCHEMES = list(PRESETS)  # "plain" first: the calibration row (what the attacks get with no encryption)
-
-
-def _parse_size(text: str) -> tuple[int, int]:
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise UserError(f"size must look like HEIGHTxWIDTH, e.g. 256x512 (got {text!r})") from None
-    if h <= 0 or w <= 0:
-        raise UserError(f"size must be positive (got {text!r})")
-    return h, w
 
 
 def attack(
@@ -45,7 +36,7 @@ def attack(
     if not names:
         raise UserError("no schemes given")
     parsed = [Scheme.parse(n, block_size=block_size) for n in names]
-    h, w = _parse_size(size)
+    h, w = parse_size(size)
     if h % block_size or w % block_size:
         raise UserError(f"size {h}x{w} must be a multiple of the block size {block_size}")
     if h < 32 or w < 32:
