@@ -224,7 +224,8 @@ def test_torchrun_two_cpu_processes_with_gloo(streets, tmp_path):
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "encseg",
            "train", "--preset", "smoke", "--no-progress", "--set", f'data.root="{streets}"', "--set", f'run.out="{out}"',
-           "--set", "run.steps=3", "--set", "run.ckpt_every=2", "--set", 'model.norm="syncbn"']  # fmt: skip
+           "--set", "run.steps=3", "--set", "run.ckpt_every=2", "--set", 'model.norm="syncbn"',
+           "--set", "encryption.mode=shared"]  # fmt: skip
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stdout + p.stderr
     rows = _log(out)
@@ -233,6 +234,7 @@ def test_torchrun_two_cpu_processes_with_gloo(streets, tmp_path):
     assert meta["extra"]["world_size"] == 2 and meta["extra"]["step"] == 3
     assert p.stdout.count("model: ") == 1
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-0000002", "step-0000003"]
+    assert (out / "shared.key").stat().st_mode & 0o777 == 0o600  # made once, by rank 0, before rank 1 read it
 
 
 def test_train_command_needs_a_config_or_preset(run_cli):

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
+from encseg.cipher.io import read_image, read_label_png
 from encseg.errors import UserError
 
 IGNORE_INDEX = 255
@@ -67,32 +67,6 @@ def colorize(train_ids: np.ndarray) -> np.ndarray:
     lut = np.zeros((256, 3), dtype=np.uint8)
     lut[:NUM_CLASSES] = PALETTE
     return lut[np.asarray(train_ids, dtype=np.uint8)]
-
-
-def read_rgb(path: Path) -> np.ndarray:
-    """An 8-bit RGB PNG/JPEG as HxWx3 uint8 (grey or palette images are converted)."""
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
-    except FileNotFoundError:
-        raise UserError(f"image {path} does not exist") from None
-    except OSError as exc:
-        raise UserError(f"cannot read image {path}: {exc}") from None
-
-
-def read_label(path: Path) -> np.ndarray:
-    """A single-channel 8-bit label PNG as HxW uint8."""
-    try:
-        with Image.open(path) as im:
-            if im.mode not in ("L", "P", "I", "I;16"):
-                raise UserError(f"label map {path} has mode {im.mode}; expected a single-channel 8-bit PNG")
-            return np.asarray(im).astype(np.uint8, copy=False)
-    except FileNotFoundError:
-        raise UserError(f"label map {path} does not exist") from None
-    except UserError:
-        raise
-    except OSError as exc:
-        raise UserError(f"cannot read label map {path}: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -159,8 +133,8 @@ class CityscapesDataset:
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         item = self.items[index]
-        image = read_rgb(item.image)
-        label = read_label(item.label)
+        image = read_image(item.image)
+        label = read_label_png(item.label)
         if not item.train_ids:
             label = label_ids_to_train_ids(label)
         if label.shape != image.shape[:2]:

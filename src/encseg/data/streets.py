@@ -202,7 +202,7 @@ class StreetScene:
     def __init__(self, seed: int, size: tuple[int, int]) -> None:
         self.rng = rng = np.random.default_rng(seed)
         self.h, self.w = h, w = size
-        self.f = w * rng.uniform(1.3, 1.8)
+        self.f = w * rng.uniform(0.72, 1.05)
         self.yh = h * rng.uniform(0.36, 0.5)
         self.xv = w * rng.uniform(0.42, 0.58)
         self.hc = rng.uniform(1.3, 1.7)

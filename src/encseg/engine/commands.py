@@ -76,7 +76,7 @@ def experiment_cmd(
     results: Path = typer.Option(Path("docs/results.md"), help="Markdown report to write"),
     chart: Path = typer.Option(Path("docs/results.png"), help="bar chart to write"),
     demo_out: Optional[Path] = typer.Option(None, help="also write the best per-image-key model here (fp16) as the demo model"),
-    only: Optional[str] = typer.Option(None, help="comma-separated run names to (re)do, for debugging"),
+    only: Optional[str] = typer.Option(None, help="comma-separated run names: redo these from scratch and run no others"),
 ) -> None:
     """The paper's table on the procedural street benchmark: plain, shared key, per-image keys."""
     from encseg.engine.experiment import run_experiment

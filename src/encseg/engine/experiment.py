@@ -26,6 +26,7 @@ import json
 import os
 import platform
 import shutil
+import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -64,12 +65,13 @@ class Budget:
 
 BUDGETS = {
     "cpu-small": Budget(
-        name="cpu-small", train_preset="streets-cpu", steps=1000, size=(128, 256), n_train=1500, n_val=100,
+        name="cpu-small", train_preset="streets-cpu", steps=600, size=(128, 256), n_train=1500, n_val=100,
     ),
     "gpu-small": Budget(
         name="gpu-small", train_preset="streets-cpu", steps=8000, size=(256, 512), n_train=3000, n_val=300,
         parallel=1, threads=0, pixel_invariant=True,
-        overrides={"model": {"encoder": "vit-small", "img_size": [256, 512]}, "data": {"crop": [256, 512], "workers": 4},
+        overrides={"model": {"encoder": "vit-small", "img_size": [256, 512], "channels": 256, "aux": True},
+                   "data": {"crop": [256, 512], "workers": 4},
                    "run": {"batch_size": 16, "amp": "auto", "device": "auto"}},
     ),
 }  # fmt: skip
@@ -114,6 +116,19 @@ def plan_runs(budget: Budget, data_root: Path, out: Path) -> list[Run]:
     for s in budget.schemes:
         runs.append(make(f"inv-per-image-{s}", "inv", "per-image", s, [("per-image", s)]))
     return runs
+
+
+def _die_with_parent() -> None:
+    """Worker initializer: on Linux, end this process when the experiment process dies (so killing
+    `encseg experiment` does not leave training processes behind)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        except OSError:
+            pass
 
 
 def _run_job(run: Run, data_root: str, eval_batch: int) -> dict:
@@ -193,19 +208,18 @@ def run_experiment(budget_name: str, out: Path, data: Path | None, results_md: P
             raise UserError(f"unknown runs {sorted(unknown)}; runs: {', '.join(r.name for r in runs)}")
         for r in runs:
             if r.name in only:
-                for f in ("results.json", "model.safetensors"):
-                    (Path(r.cfg.run.out) / f).unlink(missing_ok=True)
+                shutil.rmtree(r.cfg.run.out, ignore_errors=True)  # retrain from scratch
     records: dict[str, dict] = {}
     todo = []
     for r in runs:
         rec = _done(r)
         if rec is not None:
             records[r.name] = rec
-        else:
+        elif not only or r.name in only:
             todo.append(r)
-    print(f"{len(runs)} runs, {len(records)} already done; {len(todo)} to go, {budget.parallel} at a time", flush=True)
+    print(f"{len(runs)} runs, {len(records)} already done; {len(todo)} to do now, {budget.parallel} at a time", flush=True)
     ctx = get_context("spawn")
-    with ProcessPoolExecutor(budget.parallel, mp_context=ctx) as pool:
+    with ProcessPoolExecutor(budget.parallel, mp_context=ctx, initializer=_die_with_parent) as pool:
         pending = {pool.submit(_run_job, r, str(data_root), budget.eval_batch): r for r in todo}
         while pending:
             finished, _ = wait(pending, return_when=FIRST_COMPLETED)
@@ -214,9 +228,9 @@ def run_experiment(budget_name: str, out: Path, data: Path | None, results_md: P
                 rec = fut.result()
                 records[r.name] = rec
                 scores = ", ".join(f"{x['test']}{'/' + x['scheme'] if x['scheme'] else ''} {x['miou']:.1f}" for x in rec["results"])
-                print(f"[{len(records)}/{len(runs)}] {r.name}: {rec['train_seconds']:.0f}s train; mIoU {scores} "
+                print(f"[{len(records)}/{len(runs)} done] {r.name}: {rec['train_seconds']:.0f}s train; mIoU {scores} "
                       f"({(time.perf_counter() - t0) / 60:.1f} min so far)", flush=True)  # fmt: skip
-    ordered = [records[r.name] for r in runs]
+    ordered = [records[r.name] for r in runs if r.name in records]
     total_s = time.perf_counter() - t0
     write_report(budget, ordered, data_root, results_md, chart, total_s, t_data, demo_out)
     if demo_out is not None:
@@ -305,7 +319,8 @@ def write_report(budget: Budget, records: list[dict], data_root: Path, path: Pat
         f"Budget `{budget.name}`: every run trains {r['steps']} steps of batch {r['batch_size']} "
         f"({d['crop'][0]}x{d['crop'][1]} crops, scale {d['ratio_range'][0]}-{d['ratio_range'][1]}, flip, photometric "
         f"distortion) from scratch: SETR = {m['encoder']} (patch {m['patch_size']}) with the {m['decoder']} decoder"
-        f"{' and auxiliary heads' if m['aux'] else ''}, {o['name']} lr {o['lr']} (poly, {o['warmup_steps']} warm-up steps), "
+        f"{' and auxiliary heads' if m['aux'] else ''}, {o['name']} lr {o['lr']} (poly, {o['warmup_steps']} warm-up steps"
+        f"{', inverse-sqrt class weights' if o.get('class_weights', 'none') != 'none' else ''}), "
         f"decoder width {m['channels']}. The key-invariant SETR has no position embedding and a token-wise decoder, "
         "so block scrambling commutes with it exactly; "
         + ("for schemes with pixel shuffling it also has the permutation-invariant patch embedding and per-pixel "
@@ -364,8 +379,11 @@ def draw_chart(records: list[dict], schemes: tuple[str, ...], path: Path) -> Non
     except TypeError:  # Pillow without FreeType sizes
         font = small = ImageFont.load_default()
     ph, pw = H - top - bottom, W - left - right
-    y_of = lambda v: top + ph * (1 - v / 100.0)  # noqa: E731
-    for t in range(0, 101, 20):
+    values = [table_value(records, m, tr, te, s) for s in schemes for _, m, tr, te, _ in series]
+    values += [table_value(records, m, "none", "none", None) for m in ("setr", "inv")]
+    top_value = min(100, 10 * int((max([v for v in values if v is not None] or [0]) + 14) // 10))
+    y_of = lambda v: top + ph * (1 - v / top_value)  # noqa: E731
+    for t in range(0, top_value + 1, 10 if top_value <= 60 else 20):
         y = y_of(t)
         dr.line([(left, y), (left + pw, y), ], fill=(225, 225, 225))
         dr.text((left - 8, y), f"{t}", fill="black", font=small, anchor="rm")

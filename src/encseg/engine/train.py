@@ -254,9 +254,10 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_af
     out = Path(r.out)
     if d.is_main:
         out.mkdir(parents=True, exist_ok=True)
-    cipher = make_cipher(cfg, create_key=d.is_main)  # shared key: created by rank 0
+    if d.is_main:
+        cipher = make_cipher(cfg, create_key=True)  # shared mode: rank 0 creates the key file
     distributed.barrier(d)
-    if cipher is not None and cipher.mode == "shared" and not d.is_main:
+    if not d.is_main:
         cipher = make_cipher(cfg, create_key=False)
 
     torch.manual_seed(r.seed)  # the same initial weights in every process
@@ -265,7 +266,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_af
     start = 0
     if resume and (out / "latest.json").exists():
         start = load_training_state(out, model, opt)
-    elif resume and d.is_main:
+    elif resume and d.is_main and progress:
         print(f"no checkpoint in {out}; starting from step 0")
     net = distributed.wrap(model, d)
     net.train()
