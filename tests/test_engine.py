@@ -350,3 +350,20 @@ def test_experiment_writes_the_table_the_chart_and_the_demo_model(tmp_path, monk
     t0 = time.perf_counter()
     experiment.run_experiment("tiny", tmp_path / "runs", tmp_path / "data", md, png)
     assert time.perf_counter() - t0 < 60
+
+
+def test_export_demo_stores_a_per_image_model_in_fp16_with_its_score(streets, tmp_path, run_cli):
+    train(smoke(streets, tmp_path / "pi", "run.steps=2", 'encryption.mode="per-image"', "model.aux=true"), progress=False)
+    code, out, err = run_cli("export-demo", "--checkpoint", tmp_path / "pi" / "model.safetensors", "--out", tmp_path / "assets",
+                             "--data", streets, "--command", "encseg train ...")  # fmt: skip
+    assert code == 0, err
+    meta = json.loads((tmp_path / "assets" / "demo.json").read_text())
+    assert meta["config"]["aux"] is False and meta["extra"]["encryption"] == {"mode": "per-image", "scheme": "bs-np-cs"}
+    assert meta["extra"]["scene_size"] == [64, 128] and meta["extra"]["command"] == "encseg train ..."
+    weights = load_file(str(tmp_path / "assets" / "demo.safetensors"))
+    assert not any(k.startswith("aux_heads.") for k in weights)
+    assert all(v.dtype in (torch.float16, torch.int64) for v in weights.values())
+    train(smoke(streets, tmp_path / "plain", "run.steps=1"), progress=False)
+    code, _, err = run_cli("export-demo", "--checkpoint", tmp_path / "plain" / "model.safetensors", "--data", streets,
+                           "--out", tmp_path / "x")  # fmt: skip
+    assert code == 2 and "per-image" in err

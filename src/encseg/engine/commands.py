@@ -84,7 +84,38 @@ def experiment_cmd(
     run_experiment(budget, out, data, results, chart, demo_out, only.split(",") if only else None)
 
 
+def export_demo_cmd(
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="a per-image-key model (model.safetensors)"),
+    out: Path = typer.Option(Path("src/encseg/assets"), help="folder for demo.safetensors + demo.json"),
+    data: Path = typer.Option(..., "--data", help="the street benchmark it was trained on (its val split is scored)"),
+    command: str = typer.Option("", help="the command that reproduces the checkpoint (stored in the JSON)"),
+) -> None:
+    """Store a trained per-image-key model as the demo model (fp16, no auxiliary heads), with its val mIoU."""
+    from encseg.cipher import Scheme
+    from encseg.data.cityscapes import CityscapesDataset
+    from encseg.engine.evaluate import evaluate
+    from encseg.engine.experiment import write_demo_asset
+    from encseg.models import load_checkpoint
+
+    model, config, extra = load_checkpoint(checkpoint)
+    enc = (extra.get("train_config") or {}).get("encryption", {})
+    if enc.get("mode") != "per-image":
+        raise UserError(f"{checkpoint} was not trained with per-image keys (encryption {enc.get('mode')!r})")
+    scheme = Scheme.parse(enc["scheme"], block_size=config.patch_size)
+    val = CityscapesDataset(data, "val")
+    result = evaluate(model, val, "cpu", "per-image", scheme, batch_size=8)
+    size = list(val.load(0)[0].shape[:2])
+    path = write_demo_asset(checkpoint, out, {
+        "name": f"streets-{config.decoder}-{config.encoder}-per-image-{scheme.name}",
+        "benchmark": "encseg procedural streets (not Cityscapes)",
+        "encryption": {"mode": "per-image", "scheme": scheme.name},
+        "scene_size": size, "val_miou_per_image_keys": round(result.miou, 2), "command": command,
+    })  # fmt: skip
+    typer.echo(f"wrote {path} (val mIoU with per-image keys {result.miou:.2f}, scenes {size[0]}x{size[1]})")
+
+
 def register(app: typer.Typer) -> None:
     app.command("train")(train_cmd)
     app.command("evaluate")(evaluate_cmd)
     app.command("experiment")(experiment_cmd)
+    app.command("export-demo")(export_demo_cmd)

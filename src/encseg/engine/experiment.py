@@ -420,35 +420,32 @@ def draw_chart(records: list[dict], schemes: tuple[str, ...], path: Path) -> Non
 # -- the demo model ---------------------------------------------------------------------------------
 
 
-def export_demo(budget: Budget, records: list[dict], data_root: Path, folder: Path) -> Path:
-    """The best per-image-key model as fp16 safetensors (auxiliary heads dropped) + JSON, for `encseg demo`."""
+def write_demo_asset(src: Path, folder: Path, extra: dict) -> Path:
+    """`src` as the demo model: fp16 safetensors without auxiliary heads, + JSON (`folder/demo.json`)."""
+    from encseg.data.cityscapes import CLASS_NAMES, PALETTE
     from encseg.models import SETRConfig, build_setr, load_checkpoint, save_checkpoint
 
+    model, config, src_extra = load_checkpoint(src)
+    lean = build_setr(SETRConfig.from_dict(config.to_dict() | {"aux": False}))
+    lean.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("aux_heads.")})
+    extra = {"class_names": list(CLASS_NAMES), "palette": PALETTE.tolist(),
+             "train_config": src_extra.get("train_config")} | extra  # fmt: skip
+    folder.mkdir(parents=True, exist_ok=True)
+    return save_checkpoint(folder / "demo.safetensors", lean.half().eval(), extra=extra)
+
+
+def export_demo(budget: Budget, records: list[dict], data_root: Path, folder: Path) -> Path:
+    """The best per-image-key run of the experiment as the demo model."""
     best = best_per_image(records)
     if best is None:
         raise UserError("no per-image-key run to export")
-    src = Path(best["config"]["run"]["out"]) / "model.safetensors"
-    model, config, _ = load_checkpoint(src)
-    lean_cfg = SETRConfig.from_dict(config.to_dict() | {"aux": False})
-    lean = build_setr(lean_cfg)
-    state = {k: v for k, v in model.state_dict().items() if not k.startswith("aux_heads.")}
-    lean.load_state_dict(state)
-    lean = lean.half().eval()
-    x = best["results"][0]
-    from encseg.data.cityscapes import CLASS_NAMES, PALETTE
-
-    extra = {
+    return write_demo_asset(Path(best["config"]["run"]["out"]) / "model.safetensors", folder, {
         "name": f"streets-{best['name']}",
         "benchmark": "encseg procedural streets (not Cityscapes)",
-        "class_names": list(CLASS_NAMES),
-        "palette": PALETTE.tolist(),
         "encryption": {"mode": "per-image", "scheme": best["scheme"]},
         "scene_size": list(budget.size),
         "data": {"generator_seed": budget.data_seed, "train": budget.n_train, "val": budget.n_val},
-        "val_miou_per_image_keys": x["miou"],
+        "val_miou_per_image_keys": best["results"][0]["miou"],
         "run": best["name"],
         "command": f"encseg experiment --budget {budget.name} --demo-out {folder}",
-        "train_config": best["config"],
-    }
-    folder.mkdir(parents=True, exist_ok=True)
-    return save_checkpoint(folder / "demo.safetensors", lean, extra=extra)
+    })  # fmt: skip
