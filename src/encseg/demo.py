@@ -24,12 +24,12 @@ DEMO_CHECKPOINT = Path(__file__).parent / "assets" / "demo.safetensors"
 def run_demo(out: Path, checkpoint: Path = DEMO_CHECKPOINT, scene: int = 0, size: tuple[int, int] | None = None,
              scheme_text: str | None = None) -> dict:
     """Run the round trip and write the pictures; returns the summary it also writes as JSON."""
-    from encseg.cipher import Key, Scheme, decrypt_mask, encrypt
+    from encseg.cipher import Scheme
     from encseg.cipher.io import encode_png, write_atomic
     from encseg.data.cityscapes import CLASS_NAMES, colorize
     from encseg.data.streets import render_scene, scene_seed
     from encseg.engine.evaluate import confusion_matrix, iou_from_confusion
-    from encseg.service.client import LocalBackend, colour_overlay
+    from encseg.service.client import LocalBackend, segment_image
     from encseg.service.segmenter import Segmenter
 
     if not Path(checkpoint).exists():
@@ -41,14 +41,10 @@ def run_demo(out: Path, checkpoint: Path = DEMO_CHECKPOINT, scene: int = 0, size
         size = tuple(int(v) for v in info.config.get("img_size", (256, 512)))
     img, truth = render_scene(scene_seed(0, "test", scene), size)
 
-    # -- client: fresh key, encrypt --------------------------------------------------------------
-    key = Key.generate()
-    enc = encrypt(img, key, scheme)
-    # -- server: sees only enc.data --------------------------------------------------------------
-    labels_enc = LocalBackend(segmenter).segment(enc)
-    # -- client: undo the geometry, drop the key -------------------------------------------------
-    labels = np.ascontiguousarray(decrypt_mask(labels_enc, key, scheme, enc.original_size))
-    del key
+    # client: fresh key, encrypt; server: sees only the encrypted image; client: undo the geometry
+    result = segment_image(img, LocalBackend(segmenter), scheme, info.palette)
+    enc, labels_enc, labels, overlay = result.encrypted, result.encrypted_labels, result.mask, result.overlay
+    del result  # drops the key with it: nothing writes it
 
     conf = confusion_matrix(labels, truth)
     iou = iou_from_confusion(conf)
@@ -59,7 +55,7 @@ def run_demo(out: Path, checkpoint: Path = DEMO_CHECKPOINT, scene: int = 0, size
         "1_plain.png": img,
         "2_encrypted_what_the_server_sees.png": enc.data,
         "3_prediction_in_encrypted_geometry.png": colorize(labels_enc),
-        "4_decrypted_prediction_overlay.png": colour_overlay(img, labels, info.palette or colorize_palette()),
+        "4_decrypted_prediction_overlay.png": overlay,
         "5_decrypted_prediction.png": colorize(labels),
         "6_ground_truth.png": colorize(truth),
     }
@@ -81,12 +77,6 @@ def run_demo(out: Path, checkpoint: Path = DEMO_CHECKPOINT, scene: int = 0, size
     }
     write_atomic(out / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
     return summary
-
-
-def colorize_palette() -> list[list[int]]:
-    from encseg.data.cityscapes import PALETTE
-
-    return PALETTE.tolist()
 
 
 def demo_cmd(

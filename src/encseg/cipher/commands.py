@@ -13,7 +13,7 @@ from encseg.cipher.io import (
     load_encrypted,
     png_metadata,
     read_image,
-    read_label_png,
+    decode_label_png,
     require_png_path,
     save_encrypted,
     write_atomic,
@@ -97,8 +97,11 @@ def decrypt_mask_cmd(
 ) -> None:
     """Undo the geometry of a label map returned for an encrypted image, and crop the padding."""
     require_png_path(out)
-    labels = read_label_png(mask)
-    meta = png_metadata(mask.read_bytes())
+    if not mask.is_file():
+        raise UserError(f"{mask} does not exist or is not a file")
+    data = mask.read_bytes()
+    labels = decode_label_png(data, what=str(mask))
+    meta = png_metadata(data)
     if like is not None:
         if not like.is_file():
             raise UserError(f"{like} does not exist or is not a file")

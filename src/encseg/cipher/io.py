@@ -190,14 +190,18 @@ def read_label_png(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIX
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path} does not exist or is not a file")
-    data = path.read_bytes()
+    return decode_label_png(path.read_bytes(), max_pixels=max_pixels, what=str(path))
+
+
+def decode_label_png(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, what: str = "label map") -> np.ndarray:
+    """Decode label-map PNG bytes as uint8 HxW, checking format and size from the header first."""
     hdr = png_header(data)
     if hdr is None:
-        raise UserError(f"{path} is not a PNG; label maps are PNG")
+        raise UserError(f"{what} is not a PNG; label maps are PNG")
     w, h, depth, ctype = hdr
     if w * h > max_pixels:
-        raise UserError(f"{path} is {w}x{h} = {w * h} pixels, over the limit of {max_pixels}")
+        raise UserError(f"{what} is {w}x{h} = {w * h} pixels, over the limit of {max_pixels}")
     if depth > 8 or ctype not in (0, 3):
-        raise UserError(f"{path} is not an 8-bit single-channel label map (PNG colour type {ctype}, depth {depth})")
+        raise UserError(f"{what} is not an 8-bit single-channel label map (PNG colour type {ctype}, depth {depth})")
     with Image.open(io.BytesIO(data)) as im:
         return np.asarray(im, dtype=np.uint8).copy()

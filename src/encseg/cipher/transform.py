@@ -3,27 +3,19 @@ label/logit maps also as torch tensors on any device)."""
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import numpy as np
 
 from encseg.cipher.keys import Key
-from encseg.cipher.keystream import CHANNEL_ORDERS, Plan, make_plan
+from encseg.cipher.keystream import CHANNEL_ORDERS, Plan, _kernel, make_plan
 from encseg.cipher.scheme import Scheme
 from encseg.errors import UserError
 
 _INVERSE_ORDERS = np.argsort(CHANNEL_ORDERS, axis=1)
 
-try:  # the optional C kernel (setup.py); same bytes as the numpy path, one pass, GIL released
-    if os.environ.get("ENCSEG_NO_KERNEL"):
-        raise ImportError
-    from encseg.cipher import _blockkernel as _kernel
-except ImportError:
-    _kernel = None
-
-
 def kernel_available() -> bool:
+    """Whether the optional C kernel (setup.py) was built; otherwise the numpy path runs (same bytes)."""
     return _kernel is not None
 
 

@@ -36,6 +36,7 @@ class SegmentResult:
     overlay: np.ndarray  # uint8 HxWx3
     encrypted: EncryptedImage  # what the server saw
     key: Key
+    encrypted_labels: np.ndarray  # uint8 labels in encrypted geometry: what the server answered
 
     def __repr__(self) -> str:
         return f"SegmentResult(mask={self.mask.shape}, encrypted={self.encrypted!r}, key=<secret>)"
@@ -67,7 +68,7 @@ def segment_image(img: np.ndarray, backend: Backend, scheme: Scheme, palette, ke
     if labels.shape != enc.data.shape[:2]:
         raise UserError(f"the backend answered a {labels.shape} label map for a {enc.data.shape[:2]} image")
     mask = np.ascontiguousarray(decrypt_mask(labels, key, scheme, enc.original_size))
-    return SegmentResult(mask, colour_overlay(img, mask, palette), enc, key)
+    return SegmentResult(mask, colour_overlay(img, mask, palette), enc, key, labels)
 
 
 class HttpBackend:
