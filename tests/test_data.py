@@ -277,3 +277,23 @@ def test_per_image_encryption_moves_the_label_map_with_the_image():
     assert agree == _agreement(px.numpy().transpose(1, 2, 0), py.numpy().astype(np.uint8)) > 0.9
     x2, _ = t(img, lab, (0, 0))
     assert not (x2 == x).all()  # a fresh key per call
+
+
+def test_see_through_parts_are_labelled_whole_without_touching_the_image():
+    """Mesh fences and wheel interiors: the picture shows what is behind, the label covers the object
+    (as Cityscapes' polygons do)."""
+    from encseg.data.streets import FENCE, Canvas
+
+    c = Canvas(8, 8, {"fine": np.zeros((8, 8), np.float32)})
+    c.img[:] = 7.0
+    c.lab[:] = 3
+    box = (2, 6, 2, 6)
+    mask = np.zeros((4, 4), bool)
+    mask[1:3] = True
+    c.label_only(box, mask, FENCE, 5.0)
+    assert (c.img == 7.0).all()
+    assert (c.lab[3:5, 2:6] == FENCE).all() and (c.lab[:3] == 3).all() and (c.lab[5:] == 3).all()
+    ring = Canvas(32, 32, {"fine": np.zeros((32, 32), np.float32)})
+    ring.ellipse(16, 16, 10, 10, (200, 0, 0), 18, 1.0, inner=0.7, label_inner=True)
+    assert ring.lab[16, 16] == 18 and ring.img[16, 16, 0] == 0.0  # the hub: labelled, not painted
+    assert ring.lab[16, 25] == 18 and ring.img[16, 25, 0] == 200.0  # the tyre: both

@@ -198,6 +198,9 @@ def test_inverse_sqrt_class_weights_favour_rare_classes(streets):
     rare, common = int(np.argmin(np.where(seen, counts, np.inf))), int(np.argmax(counts))
     assert w[rare] > w[common]
     assert torch.equal(w, class_weights(ds, 19))
+    lin = class_weights(ds, 19, power=1.0)  # "inverse": steeper, but never more than 100x apart
+    assert lin[rare] / lin[common] > w[rare] / w[common]
+    assert lin[torch.from_numpy(seen)].max() / lin[torch.from_numpy(seen)].min() <= 100 + 1e-3
 
 
 def test_gradient_accumulation_counts_optimizer_steps(streets, tmp_path):
@@ -319,6 +322,15 @@ def test_evaluate_command_on_a_trained_checkpoint(streets, tmp_path, run_cli):
     r = json.loads((tmp_path / "r.json").read_text())
     assert r["images"] == 3 and len(r["confusion"]) == 19
     assert len(list((tmp_path / "png").glob("*_overlay.png"))) == 3
+    # sliding windows given as HxW (non-square, as the CPU budget evaluates) and as one number
+    ckpt = tmp_path / "m" / "model.safetensors"
+    for crop, stride in (("32x64", "16x32"), ("32", "16")):
+        code, out, err = run_cli("evaluate", "--checkpoint", ckpt, "--data", streets, "--crop", crop, "--stride", stride,
+                                 "--json", tmp_path / "s.json")  # fmt: skip
+        assert code == 0, err
+        assert json.loads((tmp_path / "s.json").read_text())["images"] == 3
+    code, _, err = run_cli("evaluate", "--checkpoint", ckpt, "--data", streets, "--crop", "32by64")
+    assert code == 2 and err.startswith("error: --crop:") and "HEIGHTxWIDTH" in err
 
 
 # -- the experiment -------------------------------------------------------------------------------------------
@@ -329,7 +341,8 @@ def test_experiment_writes_the_table_the_chart_and_the_demo_model(tmp_path, monk
     from encseg.engine import experiment
 
     tiny = experiment.Budget(name="tiny", train_preset="smoke", steps=2, size=(64, 128), n_train=6, n_val=2,
-                             schemes=("bs-np-cs", "bs-ps4-np-cs"), parallel=2)  # fmt: skip
+                             schemes=("bs-np-cs", "bs-ps4-np-cs"), parallel=2,
+                             eval_crop=(32, 64), eval_stride=(16, 32))  # fmt: skip
     monkeypatch.setitem(experiment.BUDGETS, "tiny", tiny)
     md, png, demo = tmp_path / "results.md", tmp_path / "results.png", tmp_path / "assets"
     records = experiment.run_experiment("tiny", tmp_path / "runs", tmp_path / "data", md, png, demo)
@@ -341,6 +354,9 @@ def test_experiment_writes_the_table_the_chart_and_the_demo_model(tmp_path, monk
     assert Image.open(png).size == (1000, 560)
     meta = json.loads((demo / "demo.json").read_text())
     assert meta["extra"]["encryption"]["mode"] == "per-image" and meta["config"]["aux"] is False
+    assert meta["extra"]["inference"] == {"crop": [32, 64], "stride": [16, 32]}
+    assert meta["extra"]["scene_size"] == [64, 128]
+    assert "Sliding-window inference (32x64 windows, stride 16x32" in text
     weights = load_file(str(demo / "demo.safetensors"))
     assert all(v.dtype in (torch.float16, torch.int64) for v in weights.values())
     from encseg.models import load_checkpoint
@@ -360,6 +376,7 @@ def test_export_demo_stores_a_per_image_model_in_fp16_with_its_score(streets, tm
     meta = json.loads((tmp_path / "assets" / "demo.json").read_text())
     assert meta["config"]["aux"] is False and meta["extra"]["encryption"] == {"mode": "per-image", "scheme": "bs-np-cs"}
     assert meta["extra"]["scene_size"] == [64, 128] and meta["extra"]["command"] == "encseg train ..."
+    assert meta["extra"]["inference"] == {}  # scenes no larger than the model's size: whole images
     weights = load_file(str(tmp_path / "assets" / "demo.safetensors"))
     assert not any(k.startswith("aux_heads.") for k in weights)
     assert all(v.dtype in (torch.float16, torch.int64) for v in weights.values())
@@ -367,3 +384,13 @@ def test_export_demo_stores_a_per_image_model_in_fp16_with_its_score(streets, tm
     code, _, err = run_cli("export-demo", "--checkpoint", tmp_path / "plain" / "model.safetensors", "--data", streets,
                            "--out", tmp_path / "x")  # fmt: skip
     assert code == 2 and "per-image" in err
+    # sliding windows: scored that way, stored, and picked up by the service's Segmenter
+    code, _, err = run_cli("export-demo", "--checkpoint", tmp_path / "pi" / "model.safetensors", "--out", tmp_path / "win",
+                           "--data", streets, "--crop", "32x64")  # fmt: skip
+    assert code == 0, err
+    assert json.loads((tmp_path / "win" / "demo.json").read_text())["extra"]["inference"] == {"crop": [32, 64], "stride": [16, 48]}
+    from encseg.service.segmenter import Segmenter
+
+    seg = Segmenter.from_checkpoint(tmp_path / "win" / "demo.safetensors")
+    assert seg.crop == (32, 64) and seg.stride == (16, 48)
+    assert Segmenter.from_checkpoint(tmp_path / "win" / "demo.safetensors", crop=64).crop == 64  # an explicit crop wins

@@ -32,7 +32,7 @@ from encseg.data.cityscapes import (
 )
 from encseg.errors import UserError
 
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 
 # trainIds (see cityscapes.CLASS_NAMES)
 ROAD, SIDEWALK, BUILDING, WALL, FENCE, POLE, LIGHT, SIGN, VEGETATION, TERRAIN, SKY = range(11)
@@ -127,8 +127,10 @@ class Canvas:
         mask = (yy >= min(y0, y1)) & (yy < max(y0, y1)) & (xx >= min(x0, x1)) & (xx < max(x0, x1))
         self.paint(box, mask, color, label, depth, texture, noise)
 
-    def ellipse(self, cx, cy, rx, ry, color, label, depth, texture=0.0, noise="fine", inner=0.0, jag=0.0) -> None:
-        """Filled ellipse (a ring when `inner` > 0; a ragged outline when `jag` > 0)."""
+    def ellipse(self, cx, cy, rx, ry, color, label, depth, texture=0.0, noise="fine", inner=0.0, jag=0.0,
+                label_inner: bool = False) -> None:
+        """Filled ellipse (a ring when `inner` > 0, labelled whole with `label_inner`; a ragged outline
+        when `jag` > 0)."""
         rx, ry = max(rx, 0.5), max(ry, 0.5)
         win = self.window(cx - rx * (1 + jag), cy - ry * (1 + jag), cx + rx * (1 + jag), cy + ry * (1 + jag))
         if win is None:
@@ -141,8 +143,18 @@ class Canvas:
             limit = (1.0 + jag * self.noise["mid"][iy0:iy1, ix0:ix1]) ** 2
         mask = r2 <= limit
         if inner:
-            mask &= r2 >= inner * inner
+            self.paint(box, mask & (r2 >= inner * inner), color, label, depth, texture, noise)
+            if label_inner:  # annotated as a whole (Cityscapes polygons do not cut out wheel interiors)
+                self.label_only(box, mask, label, depth)
+            return
         self.paint(box, mask, color, label, depth, texture, noise)
+
+    def label_only(self, box, mask, label: int, depth: float) -> None:
+        """Set `label` where `mask` holds without touching the image: an annotation that covers the
+        see-through parts of an object (a mesh fence, the inside of a wheel), as Cityscapes' polygons do."""
+        iy0, iy1, ix0, ix1 = box
+        self.lab[iy0:iy1, ix0:ix1][mask] = label
+        self.depth[iy0:iy1, ix0:ix1][mask] = depth
 
     def segment(self, x0, y0, x1, y1, width, color, label, depth, texture=0.0) -> None:
         """A thick line with round caps."""
@@ -520,6 +532,7 @@ class StreetScene:
             box, yy, xx = win
             inside = _convex_mask(pts, yy, xx)
             c.paint(box, inside & fence_mask(yy, xx), colour, FENCE, (z0 + z1) / 2, texture=0.1)
+            c.label_only(box, inside, FENCE, (z0 + z1) / 2)  # the whole panel, as Cityscapes annotates fences
 
     # -- things on the street ------------------------------------------------------------------
     def sprites(self):
@@ -531,8 +544,8 @@ class StreetScene:
             sgn = -1 if side == 0 else 1
             sw = self.sidewalk[side]
             # poles, street lamps, signs and traffic lights near the curb
-            Z = rng.uniform(4, 14)
-            while Z < min(self.z_end, 70):
+            Z = rng.uniform(3, 10)
+            while Z < min(self.z_end, 50):
                 X = curb[side] + sgn * rng.uniform(0.3, 0.8)
                 r = rng.random()
                 if r < 0.3:
@@ -543,7 +556,7 @@ class StreetScene:
                     out.append((Z, _bind(self.traffic_light, X, Z, -sgn)))
                 else:
                     out.append((Z, _bind(self.tree, X + sgn * 0.4, Z, rng.uniform(5, 11))))
-                Z += rng.uniform(5, 18)
+                Z += rng.uniform(4, 12)
             # trees in the sidewalk
             if rng.random() < 0.6:
                 Z = rng.uniform(3, 12)
@@ -553,7 +566,7 @@ class StreetScene:
                     Z += step * rng.uniform(0.8, 1.2)
             # pedestrians
             for _ in range(int(rng.integers(0, 8))):
-                Z = rng.uniform(4, 40)
+                Z = rng.uniform(3, 25)
                 X = curb[side] + sgn * rng.uniform(0.3, sw + 0.5)
                 out.append((Z, _bind(self.person, X, Z)))
             # parked cars and bicycles
@@ -567,7 +580,7 @@ class StreetScene:
                         out.append((Z, _bind(self.vehicle, X, Z, kind, parked=True)))
                     Z += L + rng.uniform(0.8, 6)
             if rng.random() < 0.45:
-                Z = rng.uniform(5, 30)
+                Z = rng.uniform(4, 20)
                 for k in range(int(rng.integers(1, 4))):
                     out.append((Z + k * 0.8, _bind(self.two_wheeler, curb[side] + sgn * (sw - 0.5), Z + k * 0.8, BICYCLE, view="side", rider=False)))
         # moving traffic, lane by lane
@@ -586,11 +599,11 @@ class StreetScene:
                     out.append((Z, _bind(self.vehicle, X, Z, kind, front=oncoming)))
                 Z += rng.uniform(10, 40)
         # a cyclist near the right curb, a tram in the middle
-        if rng.random() < 0.55:
-            Z = rng.uniform(6, 35)
+        if rng.random() < 0.7:
+            Z = rng.uniform(4, 20)
             out.append((Z, _bind(self.two_wheeler, self.road_r - 1.0 - (2.2 if self.parking[1] else 0), Z, BICYCLE, view="rear", rider=True)))
         if rng.random() < 0.2:
-            Z = rng.uniform(15, 60)
+            Z = rng.uniform(8, 35)
             out.append((Z, _bind(self.vehicle, (self.road_l + self.road_r) / 2 - 1.5, Z, TRAIN)))
         if self.crosswalk is not None:
             for _ in range(int(rng.integers(0, 4))):
@@ -716,7 +729,7 @@ class StreetScene:
         if view == "side":
             gap = 0.55 * s
             for dx in (-gap, gap):
-                c.ellipse(xb + dx, yb - r, r, r, tyre, kind, Z, inner=0.78 if kind == BICYCLE else 0.5)
+                c.ellipse(xb + dx, yb - r, r, r, tyre, kind, Z, inner=0.78 if kind == BICYCLE else 0.5, label_inner=True)
             if kind == BICYCLE:
                 c.segment(xb - gap, yb - r, xb, yb - r, max(0.05 * s, 1), frame, kind, Z)
                 c.segment(xb, yb - r, xb + 0.1 * s, yb - 2.3 * r, max(0.05 * s, 1), frame, kind, Z)

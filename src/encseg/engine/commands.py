@@ -31,6 +31,20 @@ def train_cmd(
         typer.echo(f"model: {final}")
 
 
+def _window(text: str | None, option: str) -> tuple[int, int] | None:
+    """'N' or 'HxW' -> (H, W); None stays None."""
+    if text is None:
+        return None
+    from encseg.cipher.commands import parse_size
+
+    if text.strip().isdigit():
+        text = f"{text}x{text}"
+    try:
+        return parse_size(text)
+    except UserError as e:
+        raise UserError(f"{option}: {e}") from None
+
+
 def evaluate_cmd(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="model.safetensors (its .json beside it)"),
     data: Path = typer.Option(..., "--data", help="dataset folder in the Cityscapes layout"),
@@ -38,8 +52,8 @@ def evaluate_cmd(
     encryption: str = typer.Option("none", help="none | per-image (a fresh key per test image) | shared"),
     scheme: Optional[str] = typer.Option(None, help="cipher scheme (default: the one the model was trained with)"),
     key: Optional[Path] = typer.Option(None, help="shared mode: the key file"),
-    crop: Optional[int] = typer.Option(None, help="sliding-window crop (pixels, a multiple of the patch size); default whole image"),
-    stride: Optional[int] = typer.Option(None, help="sliding-window stride (default: the crop)"),
+    crop: Optional[str] = typer.Option(None, help="sliding-window crop, N or HxW pixels (multiples of the patch size); default whole image"),
+    stride: Optional[str] = typer.Option(None, help="sliding-window stride, N or HxW (default: the crop)"),
     batch_size: int = typer.Option(4, help="images per forward pass"),
     limit: Optional[int] = typer.Option(None, help="score only the first N images"),
     save_png: Optional[Path] = typer.Option(None, help="write colourised predictions here"),
@@ -61,7 +75,8 @@ def evaluate_cmd(
         s = Scheme.parse(scheme or trained.get("scheme") or "bs-np-cs", block_size=config.patch_size)
     shared = load_key(key) if key is not None else None
     ds = CityscapesDataset(data, split)
-    result = evaluate(model, ds, dev, encryption, s, shared, crop, stride, batch_size, save_png, limit, progress=True)
+    crop_hw, stride_hw = (_window(v, name) for v, name in ((crop, "--crop"), (stride, "--stride")))
+    result = evaluate(model, ds, dev, encryption, s, shared, crop_hw, stride_hw, batch_size, save_png, limit, progress=True)
     typer.echo(result.table())
     mode = "plain test images" if encryption == "none" else f"{encryption} keys, scheme {s.name}"
     typer.echo(f"mIoU {result.miou:.2f} over {result.images} images ({mode}); pixel accuracy {result.pixel_accuracy:.2f}")
@@ -89,8 +104,12 @@ def export_demo_cmd(
     out: Path = typer.Option(Path("src/encseg/assets"), help="folder for demo.safetensors + demo.json"),
     data: Path = typer.Option(..., "--data", help="the street benchmark it was trained on (its val split is scored)"),
     command: str = typer.Option("", help="the command that reproduces the checkpoint (stored in the JSON)"),
+    crop: Optional[str] = typer.Option(None, help="sliding-window crop N or HxW (default: the model's training size when scenes are larger)"),
+    stride: Optional[str] = typer.Option(None, help="sliding-window stride N or HxW (default: 3/4 of the crop, on the patch grid)"),
 ) -> None:
-    """Store a trained per-image-key model as the demo model (fp16, no auxiliary heads), with its val mIoU."""
+    """Store a trained per-image-key model as the demo model (fp16, no auxiliary heads), with its val mIoU.
+
+    The sliding-window setting it was scored with is stored too, and the demo and the service use it."""
     from encseg.cipher import Scheme
     from encseg.data.cityscapes import CityscapesDataset
     from encseg.engine.evaluate import evaluate
@@ -103,13 +122,20 @@ def export_demo_cmd(
         raise UserError(f"{checkpoint} was not trained with per-image keys (encryption {enc.get('mode')!r})")
     scheme = Scheme.parse(enc["scheme"], block_size=config.patch_size)
     val = CityscapesDataset(data, "val")
-    result = evaluate(model, val, "cpu", "per-image", scheme, batch_size=8)
     size = list(val.load(0)[0].shape[:2])
+    crop_hw, stride_hw = _window(crop, "--crop"), _window(stride, "--stride")
+    if crop_hw is None and (size[0] > config.img_size[0] or size[1] > config.img_size[1]):
+        crop_hw = tuple(config.img_size)
+    if crop_hw is not None and stride_hw is None:
+        p = config.patch_size
+        stride_hw = tuple(max(p, (3 * c // 4) // p * p) for c in crop_hw)
+    result = evaluate(model, val, "cpu", "per-image", scheme, crop=crop_hw, stride=stride_hw, batch_size=8)
     path = write_demo_asset(checkpoint, out, {
         "name": f"streets-{config.decoder}-{config.encoder}-per-image-{scheme.name}",
         "benchmark": "encseg procedural streets (not Cityscapes)",
         "encryption": {"mode": "per-image", "scheme": scheme.name},
         "scene_size": size, "val_miou_per_image_keys": round(result.miou, 2), "command": command,
+        "inference": {"crop": list(crop_hw), "stride": list(stride_hw)} if crop_hw else {},
     })  # fmt: skip
     typer.echo(f"wrote {path} (val mIoU with per-image keys {result.miou:.2f}, scenes {size[0]}x{size[1]})")
 

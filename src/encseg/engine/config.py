@@ -25,7 +25,7 @@ from encseg.models import SETRConfig
 
 ENCRYPTION_MODES = ("none", "shared", "per-image")
 OPTIMIZERS = ("sgd", "adamw")
-CLASS_WEIGHTS = ("none", "inverse-sqrt")
+CLASS_WEIGHTS = ("none", "inverse-sqrt", "inverse")
 
 
 @dataclass
@@ -60,7 +60,7 @@ class OptimConfig:
     min_lr: float = 1e-4  # poly floor (eta_min), scaled by each group's multiplier
     warmup_steps: int = 0  # linear warm-up from 0 (not in SETR's recipe; helps from-scratch AdamW)
     grad_clip: float = 0.0  # max gradient norm; 0 = off
-    class_weights: str = "none"  # "none" (SETR) | "inverse-sqrt": CE weights 1/sqrt(class frequency), mean 1
+    class_weights: str = "none"  # "none" (SETR) | "inverse-sqrt": CE weights 1/sqrt(class frequency), mean 1 | "inverse": 1/frequency (at most 100x apart), mean 1
 
 
 @dataclass
@@ -68,7 +68,7 @@ class RunConfig:
     steps: int = 80000  # optimizer steps
     batch_size: int = 8  # images per process per micro-step
     accum: int = 1  # micro-steps per optimizer step (global batch = batch_size x accum x processes)
-    amp: str = "auto"  # "auto": bf16 autocast on CUDA only | "bf16" | "off"
+    amp: str = "auto"  # "auto": bf16 autocast on CUDA and on CPUs with native bf16 | "bf16" | "off"
     seed: int = 0
     out: str = "runs/train"
     ckpt_every: int = 1000
@@ -200,11 +200,13 @@ def _cityscapes_pup_large() -> TrainConfig:
 def _streets_cpu() -> TrainConfig:
     """The CPU budget on the procedural street benchmark (`encseg experiment --budget cpu-small`).
 
-    SETR-PUP on a 6-layer ViT-Tiny at 128x256, from scratch, 600 steps of batch 8 on one CPU
-    thread (two runs share two cores). Departures from SETR's recipe, each for a CPU budget: AdamW
-    (SGD from scratch learns far slower), decoder width 32 instead of 256 and no auxiliary heads
-    (at 256 channels the decoder costs several times the encoder), inverse-sqrt class weights
-    (rare thin classes get some signal in 4800 samples)."""
+    SETR-PUP on a 6-layer ViT-Tiny, from scratch, on 128x256 crops of 256x512 scenes (scored with
+    128x256 sliding windows, the way SETR crops and slides over Cityscapes), batch 8 on one CPU
+    thread (two runs share two cores), bf16 autocast where the CPU has it (`run.amp = "auto"`).
+    Departures from SETR's recipe, each for a CPU budget: AdamW (SGD from scratch learns far
+    slower), decoder width 32 instead of 256 and no auxiliary heads (at 256 channels the decoder
+    costs several times the encoder), inverse-sqrt class weights (rare thin classes get some signal
+    in a few thousand samples)."""
     return TrainConfig(
         model=SETRConfig(encoder="vit-tiny-6", decoder="pup", img_size=(128, 256), channels=32, aux=False),
         data=DataConfig(root="data/streets-cpu-small", crop=(128, 256), ratio_range=(0.75, 1.5), workers=1),

@@ -188,16 +188,18 @@ def segmentation_loss(out, target: torch.Tensor, aux_weight: float, weight: torc
     return total, main
 
 
-def class_weights(dataset: CityscapesDataset, num_classes: int, sample: int = 200) -> torch.Tensor:
-    """1/sqrt(pixel frequency) per class over (up to) `sample` evenly spaced label maps, scaled to
-    mean 1 over the classes seen; unseen classes get the largest weight. Deterministic."""
+def class_weights(dataset: CityscapesDataset, num_classes: int, sample: int = 200, power: float = 0.5) -> torch.Tensor:
+    """1/frequency**power per class (pixel frequency over up to `sample` evenly spaced label maps),
+    at most 100x apart, scaled to mean 1 over the classes seen; unseen classes get the largest weight.
+    Deterministic."""
     counts = np.zeros(num_classes, dtype=np.float64)
     for i in np.linspace(0, len(dataset) - 1, min(sample, len(dataset))).astype(int):
         _, label = dataset.load(int(i))
         counts += np.bincount(label.ravel(), minlength=256)[:num_classes]
     seen = counts > 0
     w = np.zeros(num_classes)
-    w[seen] = 1 / np.sqrt(counts[seen] / counts.sum())
+    w[seen] = (counts[seen] / counts.sum()) ** -power
+    w[seen] = np.maximum(w[seen], w[seen].max() / 100)
     w[seen] /= w[seen].mean()
     w[~seen] = w[seen].max() if seen.any() else 1.0
     return torch.tensor(w, dtype=torch.float32)
@@ -232,9 +234,22 @@ def build_train_set(cfg: TrainConfig, cipher) -> CityscapesDataset:
     return CityscapesDataset(d.root, d.split, transform=TrainTransform(aug, cipher, cfg.run.seed))
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether bf16 autocast pays off here: CUDA, or a CPU whose oneDNN runs bf16 natively (AVX-512
+    or AMX; about 1.6x faster training steps for the CPU budget than fp32)."""
+    if device.type == "cuda":
+        return True
+    if device.type != "cpu":
+        return False
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def _autocast(cfg: TrainConfig, device: torch.device):
     amp = cfg.run.amp
-    if amp == "bf16" or (amp == "auto" and device.type == "cuda"):
+    if amp == "bf16" or (amp == "auto" and native_bf16(device)):
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
@@ -296,8 +311,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_af
     t_window, img_window, loss_window, main_window, n_window = time.perf_counter(), 0, 0.0, 0.0, 0
     aux_w = cfg.model.aux_weight
     weight = None
-    if cfg.optim.class_weights == "inverse-sqrt":
-        weight = class_weights(dataset, cfg.model.num_classes).to(d.device)
+    if cfg.optim.class_weights != "none":
+        power = {"inverse-sqrt": 0.5, "inverse": 1.0}[cfg.optim.class_weights]
+        weight = class_weights(dataset, cfg.model.num_classes, power=power).to(d.device)
     try:
         while step < end:
             epoch, within = divmod(step, steps_per_epoch)

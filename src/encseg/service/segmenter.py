@@ -66,15 +66,19 @@ class Segmenter:
     batcher's single inference thread); torch's own intra-op threads do the parallel work."""
 
     def __init__(self, model: nn.Module, info: ModelInfo, device: str | torch.device = "cpu",
-                 crop: int | None = None) -> None:
+                 crop: int | tuple[int, int] | None = None, stride: int | tuple[int, int] | None = None) -> None:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.info = info
-        self.crop = crop  # sliding-window size (a multiple of the patch size), or None for whole images
+        self.crop = crop  # sliding-window size (multiples of the patch size), or None for whole images
+        self.stride = stride  # sliding-window stride (None: the crop)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "cpu", crop: int | None = None) -> "Segmenter":
-        """Load a checkpoint written by `encseg.models.save_checkpoint` (safetensors + JSON config)."""
+        """Load a checkpoint written by `encseg.models.save_checkpoint` (safetensors + JSON config).
+
+        Without `crop`, the checkpoint's own inference setting (`extra["inference"]`, written for
+        models trained on crops of larger scenes) picks sliding-window or whole-image inference."""
         from encseg.models import load_checkpoint
 
         path = Path(path)
@@ -93,7 +97,12 @@ class Segmenter:
             config={k: v for k, v in cfg_dict.items() if isinstance(v, (int, float, str, bool, list, tuple, type(None)))},
             key_mode=key_mode_from_extra(extra),
         )
-        return cls(model, info, device, crop)
+        stride = None
+        if crop is None:
+            hint = extra.get("inference") or {}
+            crop = tuple(hint["crop"]) if hint.get("crop") else None
+            stride = tuple(hint["stride"]) if crop and hint.get("stride") else None
+        return cls(model, info, device, crop, stride)
 
     @torch.inference_mode()
     def predict(self, images: np.ndarray, topk: int = 0) -> list[Prediction]:
@@ -103,7 +112,7 @@ class Segmenter:
         optional sliding window), so the service answers exactly what evaluation measures."""
         from encseg.models import predict
 
-        logits = predict(self.model, np.ascontiguousarray(images), device=self.device, crop=self.crop)
+        logits = predict(self.model, np.ascontiguousarray(images), device=self.device, crop=self.crop, stride=self.stride)
         labels = logits.argmax(1).to(torch.uint8).cpu().numpy()
         out = [Prediction(labels[i]) for i in range(len(labels))]
         if topk > 0:
