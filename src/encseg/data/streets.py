@@ -32,7 +32,7 @@ from encseg.data.cityscapes import (
 )
 from encseg.errors import UserError
 
-GENERATOR_VERSION = 3
+GENERATOR_VERSION = 4
 
 # trainIds (see cityscapes.CLASS_NAMES)
 ROAD, SIDEWALK, BUILDING, WALL, FENCE, POLE, LIGHT, SIGN, VEGETATION, TERRAIN, SKY = range(11)
@@ -544,8 +544,8 @@ class StreetScene:
             sgn = -1 if side == 0 else 1
             sw = self.sidewalk[side]
             # poles, street lamps, signs and traffic lights near the curb
-            Z = rng.uniform(3, 10)
-            while Z < min(self.z_end, 50):
+            Z = rng.uniform(2.5, 7)
+            while Z < min(self.z_end, 45):
                 X = curb[side] + sgn * rng.uniform(0.3, 0.8)
                 r = rng.random()
                 if r < 0.3:
@@ -556,7 +556,7 @@ class StreetScene:
                     out.append((Z, _bind(self.traffic_light, X, Z, -sgn)))
                 else:
                     out.append((Z, _bind(self.tree, X + sgn * 0.4, Z, rng.uniform(5, 11))))
-                Z += rng.uniform(4, 12)
+                Z += rng.uniform(3, 9)
             # trees in the sidewalk
             if rng.random() < 0.6:
                 Z = rng.uniform(3, 12)
@@ -565,8 +565,8 @@ class StreetScene:
                     out.append((Z, _bind(self.tree, curb[side] + sgn * rng.uniform(0.6, sw), Z, rng.uniform(5, 12))))
                     Z += step * rng.uniform(0.8, 1.2)
             # pedestrians
-            for _ in range(int(rng.integers(0, 8))):
-                Z = rng.uniform(3, 25)
+            for _ in range(int(rng.integers(2, 10))):
+                Z = rng.uniform(2.5, 18)
                 X = curb[side] + sgn * rng.uniform(0.3, sw + 0.5)
                 out.append((Z, _bind(self.person, X, Z)))
             # parked cars and bicycles
@@ -579,8 +579,8 @@ class StreetScene:
                         kind = CAR if rng.random() < 0.9 else TRUCK
                         out.append((Z, _bind(self.vehicle, X, Z, kind, parked=True)))
                     Z += L + rng.uniform(0.8, 6)
-            if rng.random() < 0.45:
-                Z = rng.uniform(4, 20)
+            if rng.random() < 0.6:
+                Z = rng.uniform(3, 14)
                 for k in range(int(rng.integers(1, 4))):
                     out.append((Z + k * 0.8, _bind(self.two_wheeler, curb[side] + sgn * (sw - 0.5), Z + k * 0.8, BICYCLE, view="side", rider=False)))
         # moving traffic, lane by lane
@@ -588,10 +588,10 @@ class StreetScene:
         for k in range(len(self.lanes) - 1):
             lx = (self.lanes[k] + self.lanes[k + 1]) / 2
             oncoming = lx < self.road_l + 0.5 * (self.road_r - self.road_l) - self.lane_w and k >= first
-            Z = rng.uniform(5, 25)
+            Z = rng.uniform(4, 18)
             while Z < min(self.z_end, 90):
                 r = rng.random()
-                kind = CAR if r < 0.7 else TRUCK if r < 0.82 else BUS if r < 0.92 else MOTORCYCLE
+                kind = CAR if r < 0.62 else TRUCK if r < 0.76 else BUS if r < 0.86 else MOTORCYCLE
                 X = lx + rng.uniform(-0.3, 0.3)
                 if kind == MOTORCYCLE:
                     out.append((Z, _bind(self.two_wheeler, X, Z, MOTORCYCLE, view="rear", rider=True)))
@@ -600,10 +600,10 @@ class StreetScene:
                 Z += rng.uniform(10, 40)
         # a cyclist near the right curb, a tram in the middle
         if rng.random() < 0.7:
-            Z = rng.uniform(4, 20)
+            Z = rng.uniform(3, 15)
             out.append((Z, _bind(self.two_wheeler, self.road_r - 1.0 - (2.2 if self.parking[1] else 0), Z, BICYCLE, view="rear", rider=True)))
-        if rng.random() < 0.2:
-            Z = rng.uniform(8, 35)
+        if rng.random() < 0.3:
+            Z = rng.uniform(6, 25)
             out.append((Z, _bind(self.vehicle, (self.road_l + self.road_r) / 2 - 1.5, Z, TRAIN)))
         if self.crosswalk is not None:
             for _ in range(int(rng.integers(0, 4))):

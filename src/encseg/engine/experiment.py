@@ -67,8 +67,7 @@ class Budget:
 
 BUDGETS = {
     "cpu-small": Budget(
-        name="cpu-small", train_preset="streets-cpu", steps=1500, size=(256, 512), n_train=1500, n_val=100,
-        eval_crop=(128, 256), eval_stride=(96, 192),
+        name="cpu-small", train_preset="streets-cpu", steps=2000, size=(128, 256), n_train=1500, n_val=100,
     ),
     "gpu-small": Budget(
         name="gpu-small", train_preset="streets-cpu", steps=8000, size=(256, 512), n_train=3000, n_val=300,
