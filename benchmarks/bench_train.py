@@ -67,6 +67,7 @@ def main() -> None:
     ap.add_argument("--encoder", default="vit-tiny")
     ap.add_argument("--decoder", default="naive")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--amp", default="auto", help="auto (bf16 on CUDA and on CPUs with native bf16) | bf16 | off")
     args = ap.parse_args()
     h, w = (int(v) for v in args.size.split("x"))
     with tempfile.TemporaryDirectory() as tmp:
@@ -77,7 +78,7 @@ def main() -> None:
             f'model.encoder="{args.encoder}"', f'model.decoder="{args.decoder}"', "model.aux=false",
             f"run.steps={args.steps}", f"run.batch_size={args.batch}", f"run.ckpt_every={args.steps}",
             "run.log_every=1", f"data.workers={args.workers}", f"run.threads={args.threads}", f'run.device="{args.device}"',
-            'encryption.scheme="bs-np-cs"',
+            'encryption.scheme="bs-np-cs"', f'run.amp="{args.amp}"',
         ]  # fmt: skip
         speeds = {"none": [], "per-image": []}
         for rep in range(2):
@@ -88,7 +89,7 @@ def main() -> None:
     step_s = args.batch / plain
     device = torch.cuda.get_device_name() if torch.cuda.is_available() and args.device != "cpu" else platform.processor() or platform.machine()
     print(f"device: {device}; {os.cpu_count()} CPUs; torch {torch.__version__}; {args.encoder}/{args.decoder} at {h}x{w}, "
-          f"batch {args.batch}, {args.workers} loader workers, {args.threads} torch threads")  # fmt: skip
+          f"batch {args.batch}, {args.workers} loader workers, {args.threads} torch threads, amp {args.amp}")  # fmt: skip
     print(f"train images/s  plain loader: {plain:.2f}   per-image encryption (bs-np-cs): {enc:.2f}   "
           f"ratio {enc / plain:.3f} (step time +{(plain / enc - 1) * 100:.1f}%)")  # fmt: skip
     print(f"per-image encryption in the loader: {enc_s * 1000:.1f} ms per batch of {args.batch} (key, image, label map) "

@@ -357,6 +357,7 @@ def test_experiment_writes_the_table_the_chart_and_the_demo_model(tmp_path, monk
     assert meta["extra"]["inference"] == {"crop": [32, 64], "stride": [16, 32]}
     assert meta["extra"]["scene_size"] == [64, 128]
     assert "Sliding-window inference (32x64 windows, stride 16x32" in text
+    assert "## The demo model" in text and f"{meta['extra']['val_miou_per_image_keys']}" in text
     weights = load_file(str(demo / "demo.safetensors"))
     assert all(v.dtype in (torch.float16, torch.int64) for v in weights.values())
     from encseg.models import load_checkpoint
@@ -366,6 +367,7 @@ def test_experiment_writes_the_table_the_chart_and_the_demo_model(tmp_path, monk
     t0 = time.perf_counter()
     experiment.run_experiment("tiny", tmp_path / "runs", tmp_path / "data", md, png)
     assert time.perf_counter() - t0 < 60
+    assert f"the invocation that trained {len(records)} of the {len(records)} runs took" in md.read_text()  # its time survives
 
 
 def test_export_demo_stores_a_per_image_model_in_fp16_with_its_score(streets, tmp_path, run_cli):

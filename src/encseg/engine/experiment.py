@@ -235,9 +235,14 @@ def run_experiment(budget_name: str, out: Path, data: Path | None, results_md: P
                       f"({(time.perf_counter() - t0) / 60:.1f} min so far)", flush=True)  # fmt: skip
     ordered = [records[r.name] for r in runs if r.name in records]
     total_s = time.perf_counter() - t0
-    write_report(budget, ordered, data_root, results_md, chart, total_s, t_data, demo_out)
+    timing = out / "timing.json"
+    if todo:  # the wall time of the invocation that trained runs, kept for the report's later rewrites
+        timing.write_text(json.dumps({"wall_minutes": round(total_s / 60, 1), "data_minutes": round(t_data / 60, 1),
+                                      "runs_trained": len(todo), "runs": len(runs)}) + "\n")  # fmt: skip
+    trained = json.loads(timing.read_text()) if timing.is_file() else None
     if demo_out is not None:
         export_demo(budget, ordered, data_root, Path(demo_out))
+    write_report(budget, ordered, data_root, results_md, chart, total_s, t_data, demo_out, trained)
     print(f"wrote {results_md} and {chart} ({total_s / 60:.1f} min)", flush=True)
     return ordered
 
@@ -273,7 +278,7 @@ def _fmt(v: float | None) -> str:
 
 
 def write_report(budget: Budget, records: list[dict], data_root: Path, path: Path, chart: Path, total_s: float,
-                 data_s: float, demo_out: Path | None = None) -> None:  # fmt: skip
+                 data_s: float, demo_out: Path | None = None, trained: dict | None = None) -> None:  # fmt: skip
     import torch
 
     schemes = budget.schemes
@@ -305,7 +310,8 @@ def write_report(budget: Budget, records: list[dict], data_root: Path, path: Pat
     if plain is not None:
         where = "inside" if 45 <= plain <= 85 else ("below" if plain < 45 else "above")
         lines += ["", f"Calibration: plain SETR scores {plain:.1f} mIoU; the benchmark is meant to put a plain vit-tiny SETR "
-                      f"between 45 and 85 at the CPU budget, and this run is **{where}** that band."]  # fmt: skip
+                      f"between 45 and 85 at the CPU budget, and this run is **{where}** that band (why, and the calibration's "
+                      "history: [training.md](training.md#calibration-of-the-street-benchmark-at-the-cpu-budget))."]  # fmt: skip
     lines += [
         "",
         "Per-image-key SETR minus plain SETR (goal: within 1.0 mIoU): "
@@ -341,7 +347,9 @@ def write_report(budget: Budget, records: list[dict], data_root: Path, path: Pat
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores visible, torch {torch.__version__}, "
         f"{budget.parallel} runs at a time with {budget.threads or 'default'} thread(s) each; wall time "
-        f"{total_s / 60:.1f} min in this invocation (data generation {data_s / 60:.1f} min; runs already done were not redone).",
+        f"{total_s / 60:.1f} min in this invocation (data generation {data_s / 60:.1f} min; runs already done were not redone)"
+        + (f"; the invocation that trained {trained['runs_trained']} of the {trained['runs']} runs took "
+           f"{trained['wall_minutes']} min (data generation {trained['data_minutes']} min)." if trained else "."),
         "",
         "| run | train s | eval s | results |",
         "|---|---:|---:|---|",
@@ -353,6 +361,7 @@ def write_report(budget: Budget, records: list[dict], data_root: Path, path: Pat
     if best is not None and demo_out is not None:
         lines += ["", f"The demo model `{demo_out}/demo.safetensors` (+ `.json`) is `{best['name']}`, the best "
                   "per-image-key run above, stored in fp16 without its auxiliary heads; the command above reproduces it."]  # fmt: skip
+    lines += demo_model_lines(demo_out)
     if best is not None:
         x = best["results"][0]
         lines += ["", f"## Per-class IoU of the best per-image-key model (`{best['name']}`, per-image test keys)", "",
@@ -362,6 +371,25 @@ def write_report(budget: Budget, records: list[dict], data_root: Path, path: Pat
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines))
     draw_chart(records, schemes, chart)
+
+
+def demo_model_lines(demo_out: Path | None) -> list[str]:
+    """What the shipped demo model is, from its own JSON (the demo may come from a longer run than
+    the experiment's), so that this page always describes the model `encseg demo` uses."""
+    from encseg.demo import DEMO_CHECKPOINT
+
+    path = (Path(demo_out) / "demo.json") if demo_out is not None else DEMO_CHECKPOINT.with_suffix(".json")
+    if not path.is_file():
+        return []
+    extra = json.loads(path.read_text()).get("extra") or {}
+    lines = ["", "## The demo model (`encseg demo`, `make demo`)", "",
+             f"`{extra.get('name', '?')}`, trained only on images under a fresh key per sample per epoch "
+             f"(scheme {(extra.get('encryption') or {}).get('scheme', '?')}), on the procedural street benchmark, "
+             f"not Cityscapes. Validation mIoU with a fresh key per test image: "
+             f"**{extra.get('val_miou_per_image_keys', '?')}**."]  # fmt: skip
+    if extra.get("command"):
+        lines += ["", "Reproduce it with:", "", "```", str(extra["command"]), "```"]
+    return lines
 
 
 def best_per_image(records: list[dict]) -> dict | None:
