@@ -394,5 +394,5 @@ def test_export_demo_stores_a_per_image_model_in_fp16_with_its_score(streets, tm
     from encseg.service.segmenter import Segmenter
 
     seg = Segmenter.from_checkpoint(tmp_path / "win" / "demo.safetensors")
-    assert seg.crop == (32, 64) and seg.stride == (16, 48)
+    assert seg.crop == (32, 64) and seg.stride == (16, 48) and seg.scene_size == (64, 128)
     assert Segmenter.from_checkpoint(tmp_path / "win" / "demo.safetensors", crop=64).crop == 64  # an explicit crop wins

@@ -38,8 +38,7 @@ def run_demo(out: Path, checkpoint: Path = DEMO_CHECKPOINT, scene: int = 0, size
     info = segmenter.info
     scheme = Scheme.parse(scheme_text, block_size=info.patch_size) if scheme_text else info.schemes[0]
     if size is None:  # the scene size the model was trained on (its crops may be smaller)
-        meta = json.loads(Path(checkpoint).with_suffix(".json").read_text()).get("extra") or {}
-        size = tuple(int(v) for v in meta.get("scene_size") or info.config.get("img_size", (256, 512)))
+        size = segmenter.scene_size or tuple(int(v) for v in info.config.get("img_size", (256, 512)))
     img, truth = render_scene(scene_seed(0, "test", scene), size)
 
     # client: fresh key, encrypt; server: sees only the encrypted image; client: undo the geometry

@@ -130,13 +130,9 @@ def export_demo_cmd(
         p = config.patch_size
         stride_hw = tuple(max(p, (3 * c // 4) // p * p) for c in crop_hw)
     result = evaluate(model, val, "cpu", "per-image", scheme, crop=crop_hw, stride=stride_hw, batch_size=8)
-    path = write_demo_asset(checkpoint, out, {
-        "name": f"streets-{config.decoder}-{config.encoder}-per-image-{scheme.name}",
-        "benchmark": "encseg procedural streets (not Cityscapes)",
-        "encryption": {"mode": "per-image", "scheme": scheme.name},
-        "scene_size": size, "val_miou_per_image_keys": round(result.miou, 2), "command": command,
-        "inference": {"crop": list(crop_hw), "stride": list(stride_hw)} if crop_hw else {},
-    })  # fmt: skip
+    path = write_demo_asset(checkpoint, out, name=f"streets-{config.decoder}-{config.encoder}-per-image-{scheme.name}",
+                            scheme=scheme.name, scene_size=size, val_miou=round(result.miou, 2), command=command,
+                            crop=crop_hw, stride=stride_hw)  # fmt: skip
     typer.echo(f"wrote {path} (val mIoU with per-image keys {result.miou:.2f}, scenes {size[0]}x{size[1]})")
 
 

@@ -458,16 +458,22 @@ def draw_chart(records: list[dict], schemes: tuple[str, ...], path: Path) -> Non
 # -- the demo model ---------------------------------------------------------------------------------
 
 
-def write_demo_asset(src: Path, folder: Path, extra: dict) -> Path:
-    """`src` as the demo model: fp16 safetensors without auxiliary heads, + JSON (`folder/demo.json`)."""
+def write_demo_asset(src: Path, folder: Path, *, name: str, scheme: str, scene_size, val_miou: float, command: str,
+                     crop=None, stride=None, **more) -> Path:  # fmt: skip
+    """`src` as the demo model: fp16 safetensors without auxiliary heads, + JSON (`folder/demo.json`)
+    saying what it is: a per-image-key model of the street benchmark, the scenes and sliding windows
+    (if any) it was scored with, its val mIoU and the command that reproduces it."""
     from encseg.data.cityscapes import CLASS_NAMES, PALETTE
     from encseg.models import SETRConfig, build_setr, load_checkpoint, save_checkpoint
 
     model, config, src_extra = load_checkpoint(src)
     lean = build_setr(SETRConfig.from_dict(config.to_dict() | {"aux": False}))
     lean.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("aux_heads.")})
-    extra = {"class_names": list(CLASS_NAMES), "palette": PALETTE.tolist(),
-             "train_config": src_extra.get("train_config")} | extra  # fmt: skip
+    extra = {"class_names": list(CLASS_NAMES), "palette": PALETTE.tolist(), "train_config": src_extra.get("train_config"),
+             "name": name, "benchmark": "encseg procedural streets (not Cityscapes)",
+             "encryption": {"mode": "per-image", "scheme": scheme}, "scene_size": list(scene_size),
+             "inference": {"crop": list(crop), "stride": list(stride or crop)} if crop else {},
+             "val_miou_per_image_keys": val_miou, "command": command} | more  # fmt: skip
     folder.mkdir(parents=True, exist_ok=True)
     return save_checkpoint(folder / "demo.safetensors", lean.half().eval(), extra=extra)
 
@@ -477,14 +483,10 @@ def export_demo(budget: Budget, records: list[dict], data_root: Path, folder: Pa
     best = best_per_image(records)
     if best is None:
         raise UserError("no per-image-key run to export")
-    return write_demo_asset(Path(best["config"]["run"]["out"]) / "model.safetensors", folder, {
-        "name": f"streets-{best['name']}",
-        "benchmark": "encseg procedural streets (not Cityscapes)",
-        "encryption": {"mode": "per-image", "scheme": best["scheme"]},
-        "scene_size": list(budget.size),
-        "inference": {"crop": list(budget.eval_crop), "stride": list(budget.eval_stride or budget.eval_crop)} if budget.eval_crop else {},
-        "data": {"generator_seed": budget.data_seed, "train": budget.n_train, "val": budget.n_val},
-        "val_miou_per_image_keys": best["results"][0]["miou"],
-        "run": best["name"],
-        "command": f"encseg experiment --budget {budget.name} --demo-out {folder}",
-    })  # fmt: skip
+    return write_demo_asset(
+        Path(best["config"]["run"]["out"]) / "model.safetensors", folder, name=f"streets-{best['name']}",
+        scheme=best["scheme"], scene_size=budget.size, val_miou=best["results"][0]["miou"],
+        command=f"encseg experiment --budget {budget.name} --demo-out {folder}",
+        crop=budget.eval_crop, stride=budget.eval_stride, run=best["name"],
+        data={"generator_seed": budget.data_seed, "train": budget.n_train, "val": budget.n_val},
+    )  # fmt: skip

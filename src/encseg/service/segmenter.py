@@ -72,6 +72,7 @@ class Segmenter:
         self.info = info
         self.crop = crop  # sliding-window size (multiples of the patch size), or None for whole images
         self.stride = stride  # sliding-window stride (None: the crop)
+        self.scene_size: tuple[int, int] | None = None  # (H, W) of the scenes it was trained on, if recorded
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "cpu", crop: int | None = None) -> "Segmenter":
@@ -102,7 +103,10 @@ class Segmenter:
             hint = extra.get("inference") or {}
             crop = tuple(hint["crop"]) if hint.get("crop") else None
             stride = tuple(hint["stride"]) if crop and hint.get("stride") else None
-        return cls(model, info, device, crop, stride)
+        segmenter = cls(model, info, device, crop, stride)
+        if extra.get("scene_size"):
+            segmenter.scene_size = tuple(int(v) for v in extra["scene_size"])
+        return segmenter
 
     @torch.inference_mode()
     def predict(self, images: np.ndarray, topk: int = 0) -> list[Prediction]:
