@@ -236,8 +236,8 @@ def build_train_set(cfg: TrainConfig, cipher) -> CityscapesDataset:
 
 def native_bf16(device: torch.device) -> bool:
     """Whether bf16 autocast pays off here: CUDA, or a CPU whose oneDNN runs bf16 natively (AVX-512
-    or AMX; on the 2-core machine the cpu-small model's step ran about 1.6x faster than in fp32,
-    about 1.25x end to end with the loader)."""
+    or AMX; on the 2-core machine the cpu-small model trained about 1.25-1.4x faster than in fp32,
+    docs/benchmarks.md)."""
     if device.type == "cuda":
         return True
     if device.type != "cpu":
