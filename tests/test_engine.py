@@ -370,6 +370,28 @@ def test_experiment_writes_the_table_the_chart_and_the_demo_model(tmp_path, monk
     assert f"the invocation that trained {len(records)} of the {len(records)} runs took" in md.read_text()  # its time survives
 
 
+def test_experiment_neither_reuses_nor_resumes_runs_made_on_other_data(tmp_path):
+    from encseg.engine import experiment
+
+    budget = experiment.Budget(name="tiny", train_preset="smoke", steps=2, size=(64, 128), n_train=6, n_val=2)
+    run = experiment.plan_runs(budget, tmp_path / "data", tmp_path / "runs")[0]
+    data = {"generator_version": 5, "seed": 0, "size": [64, 128], "train": 6, "val": 2}
+    newer = data | {"generator_version": 6}
+    folder = Path(run.cfg.run.out)
+    assert experiment._done(run, data) is None and not experiment._stale(run, data)  # nothing there yet
+    folder.mkdir(parents=True)
+    (folder / "data.json").write_text(json.dumps(data))
+    record = {"name": run.name, "config": run.cfg.to_dict(), "data": data, "results": []}
+    (folder / "results.json").write_text(json.dumps(record))
+    assert experiment._done(run, data) == record and not experiment._stale(run, data)
+    assert experiment._done(run, newer) is None and experiment._stale(run, newer)
+    (folder / "results.json").unlink()  # interrupted: only checkpoints, which resume on the same data only
+    (folder / "checkpoints").mkdir()
+    assert not experiment._stale(run, data) and experiment._stale(run, newer)
+    (folder / "data.json").unlink()  # a folder from before runs recorded their data is not trusted
+    assert experiment._stale(run, data)
+
+
 def test_export_demo_stores_a_per_image_model_in_fp16_with_its_score(streets, tmp_path, run_cli):
     train(smoke(streets, tmp_path / "pi", "run.steps=2", 'encryption.mode="per-image"', "model.aux=true"), progress=False)
     code, out, err = run_cli("export-demo", "--checkpoint", tmp_path / "pi" / "model.safetensors", "--out", tmp_path / "assets",

@@ -8,6 +8,7 @@ import json
 import os
 import struct
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -113,8 +114,10 @@ def encode_png(array: np.ndarray, text: dict[str, str] | None = None) -> bytes:
     return buf.getvalue()
 
 
-def write_atomic(path: str | os.PathLike, data: bytes) -> Path:
-    """Write bytes via a temporary file in the same folder and a rename: readers never see half a file."""
+def write_atomic(path: str | os.PathLike, data: bytes | Callable[[Path], object]) -> Path:
+    """Write `data` via a temporary file in the same folder and a rename: readers never see half a file.
+    `data` is the bytes, or a callable that writes the temporary file given its path (a library's
+    `save(path)`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -122,8 +125,12 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> Path:
     os.umask(umask)
     try:
         os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; outputs are ordinary files (keys use save_key)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+        if callable(data):
+            os.close(fd)
+            data(Path(tmp))
+        else:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

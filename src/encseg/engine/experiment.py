@@ -146,6 +146,9 @@ def _run_job(run: Run, data_root: str, budget: Budget) -> dict:
     if run.cfg.run.threads:
         torch.set_num_threads(run.cfg.run.threads)
     out = Path(run.cfg.run.out)
+    data = json.loads((Path(data_root) / "streets.json").read_text())
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "data.json").write_text(json.dumps(data) + "\n")  # what the checkpoints in here were trained on
     t0 = time.perf_counter()
     final = out / "model.safetensors"
     if not final.exists():
@@ -164,18 +167,33 @@ def _run_job(run: Run, data_root: str, budget: Budget) -> dict:
         "name": run.name, "model": run.model, "train": run.train, "scheme": run.scheme,
         "steps": run.cfg.run.steps, "train_seconds": round(train_s, 1),
         "eval_seconds": round(time.perf_counter() - t0 - train_s, 1), "results": results,
-        "config": run.cfg.to_dict(),
+        "config": run.cfg.to_dict(), "data": data,
     }  # fmt: skip
     (out / "results.json").write_text(json.dumps(record, indent=2) + "\n")
     return record
 
 
-def _done(run: Run) -> dict | None:
+def _done(run: Run, data: dict) -> dict | None:
+    """The run's record if it finished with this config on this data (same generator version, size,
+    seed and counts), else None."""
     path = Path(run.cfg.run.out) / "results.json"
     if not path.is_file():
         return None
     record = json.loads(path.read_text())
-    return record if record.get("config") == run.cfg.to_dict() else None
+    return record if record.get("config") == run.cfg.to_dict() and record.get("data") == data else None
+
+
+def _stale(run: Run, data: dict) -> bool:
+    """True when the run's folder holds work (a finished record or checkpoints to resume from) made
+    with another config or on other data: it must not be reused or resumed."""
+    folder = Path(run.cfg.run.out)
+    if not folder.is_dir() or not any(folder.iterdir()):
+        return False
+    marker = folder / "data.json"
+    if not marker.is_file() or json.loads(marker.read_text()) != data:
+        return True
+    results = folder / "results.json"
+    return results.is_file() and json.loads(results.read_text()).get("config") != run.cfg.to_dict()
 
 
 def ensure_data(budget: Budget, root: Path) -> Path:
@@ -205,6 +223,7 @@ def run_experiment(budget_name: str, out: Path, data: Path | None, results_md: P
     data_root = ensure_data(budget, Path(data) if data else Path("data") / f"streets-{budget.name}")
     t_data = time.perf_counter() - t0
     runs = plan_runs(budget, data_root, out)
+    data = json.loads((data_root / "streets.json").read_text())
     if only:
         unknown = set(only) - {r.name for r in runs}
         if unknown:
@@ -215,7 +234,10 @@ def run_experiment(budget_name: str, out: Path, data: Path | None, results_md: P
     records: dict[str, dict] = {}
     todo = []
     for r in runs:
-        rec = _done(r)
+        rec = _done(r, data)
+        if rec is None and _stale(r, data) and (not only or r.name in only):
+            print(f"{r.name}: trained with another config or on other data; starting it again", flush=True)
+            shutil.rmtree(r.cfg.run.out)
         if rec is not None:
             records[r.name] = rec
         elif not only or r.name in only:

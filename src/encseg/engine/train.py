@@ -35,7 +35,8 @@ from encseg.engine import distributed
 from encseg.engine.config import TrainConfig
 from encseg.errors import UserError
 from encseg.models import build_setr, load_checkpoint, normalize, save_checkpoint
-from encseg.models.checkpoint import _atomic_write, _unwrap
+from encseg.cipher.io import write_atomic
+from encseg.models.checkpoint import _unwrap
 
 LOG_FIELDS = ("step", "epoch", "loss", "loss_main", "lr", "img_per_s", "elapsed_s")
 
@@ -114,10 +115,10 @@ def save_training_state(out: Path, model: nn.Module, opt: torch.optim.Optimizer,
     save_checkpoint(folder / "model.safetensors", model, extra=extra)
     tensors, meta = _optimizer_tensors(opt)
     meta["step"] = step
-    _atomic_write(folder / "train_state.safetensors",
-                  lambda tmp: save_file(tensors, str(tmp), metadata={"encseg-train": json.dumps(meta)}))  # fmt: skip
+    write_atomic(folder / "train_state.safetensors",
+                 lambda tmp: save_file(tensors, str(tmp), metadata={"encseg-train": json.dumps(meta)}))  # fmt: skip
     pointer = {"step": step, "checkpoint": str(folder.relative_to(out))}
-    _atomic_write(out / "latest.json", lambda tmp: tmp.write_text(json.dumps(pointer) + "\n"))
+    write_atomic(out / "latest.json", (json.dumps(pointer) + "\n").encode())
     old = sorted(p for p in (out / "checkpoints").iterdir() if p.is_dir() and p != folder)
     for p in old[: max(len(old) - (keep - 1), 0)]:
         shutil.rmtree(p, ignore_errors=True)

@@ -7,7 +7,6 @@ describes itself); `model.json` holds {"format", "config", "extra"}. Nothing is 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from encseg.cipher.io import write_atomic
 from encseg.errors import UserError
 from encseg.models.setr import SETR, SETRConfig, build_setr
 
@@ -33,17 +33,6 @@ def _unwrap(model: nn.Module) -> nn.Module:
             return model
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Write through a temporary file in the same folder, then rename over `path`."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def save_checkpoint(path: str | Path, model: nn.Module, config: SETRConfig | None = None, extra: dict[str, Any] | None = None) -> Path:
     """Save `model` to `path` (.safetensors) and its config + `extra` (JSON-serialisable) to path.with_suffix('.json')."""
     path = Path(path)
@@ -53,8 +42,8 @@ def save_checkpoint(path: str | Path, model: nn.Module, config: SETRConfig | Non
     text = json.dumps(meta, indent=2, sort_keys=True)
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata={"encseg": text}))
-    _atomic_write(path.with_suffix(".json"), lambda tmp: tmp.write_text(text + "\n"))
+    write_atomic(path, lambda tmp: save_file(state, str(tmp), metadata={"encseg": text}))
+    write_atomic(path.with_suffix(".json"), (text + "\n").encode())
     return path
 
 
