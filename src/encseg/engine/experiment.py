@@ -299,6 +299,17 @@ def _fmt(v: float | None) -> str:
     return "—" if v is None else f"{v:.1f}"
 
 
+def augmentation_text(d: dict) -> str:
+    """The training augmentation of a data config, in words."""
+    parts = [f"{d['crop'][0]}x{d['crop'][1]} crops"]
+    lo, hi = d["ratio_range"]
+    parts.append(f"scale {lo}-{hi}" if (lo, hi) != (1.0, 1.0) else "no rescaling")
+    if d.get("flip_prob", 0.5) > 0:
+        parts.append("flip")
+    parts.append("photometric distortion" if d.get("photometric", True) else "no photometric distortion")
+    return ", ".join(parts)
+
+
 def write_report(budget: Budget, records: list[dict], data_root: Path, path: Path, chart: Path, total_s: float,
                  data_s: float, demo_out: Path | None = None, trained: dict | None = None) -> None:  # fmt: skip
     import torch
@@ -352,8 +363,7 @@ def write_report(budget: Budget, records: list[dict], data_root: Path, path: Pat
     m, o, r, d = cfg["model"], cfg["optim"], cfg["run"], cfg["data"]
     lines += [
         f"Budget `{budget.name}`: every run trains {r['steps']} steps of batch {r['batch_size']} "
-        f"({d['crop'][0]}x{d['crop'][1]} crops, scale {d['ratio_range'][0]}-{d['ratio_range'][1]}, flip, photometric "
-        f"distortion) from scratch: SETR = {m['encoder']} (patch {m['patch_size']}) with the {m['decoder']} decoder"
+        f"({augmentation_text(d)}) from scratch: SETR = {m['encoder']} (patch {m['patch_size']}) with the {m['decoder']} decoder"
         f"{' and auxiliary heads' if m['aux'] else ''}, {o['name']} lr {o['lr']} (poly, {o['warmup_steps']} warm-up steps"
         f"{', ' + o['class_weights'] + ' class weights' if o.get('class_weights', 'none') != 'none' else ''}), "
         f"decoder width {m['channels']}. The key-invariant SETR has no position embedding and a token-wise decoder, "
