@@ -12,9 +12,10 @@ Labels are the 19 Cityscapes trainIds (`encseg.data.cityscapes`).
 This is a benchmark for comparing methods under the same budget, not a substitute for Cityscapes:
 every result measured on it says so. Version 5 is calibrated for the CPU budget (a plain vit-tiny
 SETR, 2000 steps at 128x256, lands between 45 and 85 mIoU; docs/training.md, "Calibration"): the
-lens is a little longer than Cityscapes' (f = 0.95-1.25 x width), poles, signs and traffic lights
-are larger than life, and walls, fences, riders and two-wheelers are several times more frequent
-than in Cityscapes, so that every class is seen often enough to be learnt in a few thousand steps.
+lens is longer than v4's (focal length 0.95-1.25 x width, was 0.72-1.05), poles, signs and traffic lights are larger than
+life, and walls, fences, riders and two-wheelers appear more often, so that every class is seen
+often enough to be learnt in a few thousand steps. Class frequencies are therefore flatter than
+Cityscapes' (`scripts/patch_ceiling.py` prints them).
 """
 
 from __future__ import annotations
