@@ -33,3 +33,16 @@ def test_demo_writes_every_picture_and_an_honest_miou(run_cli, tmp_path):
 def test_demo_without_checkpoint_is_a_one_line_error(run_cli, tmp_path):
     code, _, err = run_cli("demo", "--checkpoint", tmp_path / "missing.safetensors", "--out", tmp_path / "o")
     assert code == 2 and err.startswith("error:") and "does not exist" in err
+
+
+def test_demo_says_when_the_model_was_trained_on_another_generator_version(run_cli, tmp_path):
+    from encseg.data.streets import GENERATOR_VERSION
+    from encseg.models import SETRConfig, build_setr, save_checkpoint
+
+    cfg = SETRConfig(encoder="vit-tiny-6", decoder="naive", img_size=(64, 128))
+    for version, warned in ((GENERATOR_VERSION, False), (GENERATOR_VERSION - 1, True)):
+        path = tmp_path / f"m{version}.safetensors"
+        save_checkpoint(path, build_setr(cfg), cfg, {"scheme": "bs-np-cs", "generator_version": version})
+        code, _, err = run_cli("demo", "--checkpoint", path, "--out", tmp_path / f"o{version}", "--size", "64x128")
+        assert code == 0, err
+        assert (f"generator version {version}" in err) == warned

@@ -400,6 +400,9 @@ def test_export_demo_stores_a_per_image_model_in_fp16_with_its_score(streets, tm
     meta = json.loads((tmp_path / "assets" / "demo.json").read_text())
     assert meta["config"]["aux"] is False and meta["extra"]["encryption"] == {"mode": "per-image", "scheme": "bs-np-cs"}
     assert meta["extra"]["scene_size"] == [64, 128] and meta["extra"]["command"] == "encseg train ..."
+    from encseg.data.streets import GENERATOR_VERSION
+
+    assert meta["extra"]["generator_version"] == GENERATOR_VERSION  # the demo warns when its scenes come from another
     assert meta["extra"]["inference"] == {}  # scenes no larger than the model's size: whole images
     weights = load_file(str(tmp_path / "assets" / "demo.safetensors"))
     assert not any(k.startswith("aux_heads.") for k in weights)

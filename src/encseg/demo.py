@@ -27,7 +27,7 @@ def run_demo(out: Path, checkpoint: Path = DEMO_CHECKPOINT, scene: int = 0, size
     from encseg.cipher import Scheme
     from encseg.cipher.io import encode_png, write_atomic
     from encseg.data.cityscapes import CLASS_NAMES, colorize
-    from encseg.data.streets import render_scene, scene_seed
+    from encseg.data.streets import GENERATOR_VERSION, render_scene, scene_seed
     from encseg.engine.evaluate import confusion_matrix, iou_from_confusion
     from encseg.service.client import LocalBackend, segment_image
     from encseg.service.segmenter import Segmenter
@@ -39,6 +39,9 @@ def run_demo(out: Path, checkpoint: Path = DEMO_CHECKPOINT, scene: int = 0, size
     scheme = Scheme.parse(scheme_text, block_size=info.patch_size) if scheme_text else info.schemes[0]
     if size is None:  # the scene size the model was trained on (its crops may be smaller)
         size = segmenter.scene_size or tuple(int(v) for v in info.config.get("img_size", (256, 512)))
+    if segmenter.generator_version not in (None, GENERATOR_VERSION):
+        typer.echo(f"note: {checkpoint} was trained on street scenes of generator version {segmenter.generator_version}; "
+                   f"this scene comes from version {GENERATOR_VERSION}, so expect a lower score", err=True)
     img, truth = render_scene(scene_seed(0, "test", scene), size)
 
     # client: fresh key, encrypt; server: sees only the encrypted image; client: undo the geometry

@@ -132,7 +132,7 @@ def export_demo_cmd(
     result = evaluate(model, val, "cpu", "per-image", scheme, crop=crop_hw, stride=stride_hw, batch_size=8)
     path = write_demo_asset(checkpoint, out, name=f"streets-{config.decoder}-{config.encoder}-per-image-{scheme.name}",
                             scheme=scheme.name, scene_size=size, val_miou=round(result.miou, 2), command=command,
-                            crop=crop_hw, stride=stride_hw)  # fmt: skip
+                            data_root=data, crop=crop_hw, stride=stride_hw)  # fmt: skip
     typer.echo(f"wrote {path} (val mIoU with per-image keys {result.miou:.2f}, scenes {size[0]}x{size[1]})")
 
 

@@ -491,10 +491,11 @@ def draw_chart(records: list[dict], schemes: tuple[str, ...], path: Path) -> Non
 
 
 def write_demo_asset(src: Path, folder: Path, *, name: str, scheme: str, scene_size, val_miou: float, command: str,
-                     crop=None, stride=None, **more) -> Path:  # fmt: skip
+                     data_root: Path, crop=None, stride=None, **more) -> Path:  # fmt: skip
     """`src` as the demo model: fp16 safetensors without auxiliary heads, + JSON (`folder/demo.json`)
-    saying what it is: a per-image-key model of the street benchmark, the scenes and sliding windows
-    (if any) it was scored with, its val mIoU and the command that reproduces it."""
+    saying what it is: a per-image-key model of the street benchmark, the scenes (and the generator
+    version of `data_root`, its validation data) and sliding windows (if any) it was scored with, its
+    val mIoU and the command that reproduces it."""
     from encseg.data.cityscapes import CLASS_NAMES, PALETTE
     from encseg.models import SETRConfig, build_setr, load_checkpoint, save_checkpoint
 
@@ -506,6 +507,9 @@ def write_demo_asset(src: Path, folder: Path, *, name: str, scheme: str, scene_s
              "encryption": {"mode": "per-image", "scheme": scheme}, "scene_size": list(scene_size),
              "inference": {"crop": list(crop), "stride": list(stride or crop)} if crop else {},
              "val_miou_per_image_keys": val_miou, "command": command} | more  # fmt: skip
+    meta = Path(data_root) / "streets.json"
+    if meta.is_file():
+        extra["generator_version"] = json.loads(meta.read_text()).get("generator_version")
     folder.mkdir(parents=True, exist_ok=True)
     return save_checkpoint(folder / "demo.safetensors", lean.half().eval(), extra=extra)
 
@@ -519,6 +523,6 @@ def export_demo(budget: Budget, records: list[dict], data_root: Path, folder: Pa
         Path(best["config"]["run"]["out"]) / "model.safetensors", folder, name=f"streets-{best['name']}",
         scheme=best["scheme"], scene_size=budget.size, val_miou=best["results"][0]["miou"],
         command=f"encseg experiment --budget {budget.name} --demo-out {folder}",
-        crop=budget.eval_crop, stride=budget.eval_stride, run=best["name"],
+        data_root=data_root, crop=budget.eval_crop, stride=budget.eval_stride, run=best["name"],
         data={"generator_seed": budget.data_seed, "train": budget.n_train, "val": budget.n_val},
     )  # fmt: skip

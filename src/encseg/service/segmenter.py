@@ -73,6 +73,7 @@ class Segmenter:
         self.crop = crop  # sliding-window size (multiples of the patch size), or None for whole images
         self.stride = stride  # sliding-window stride (None: the crop)
         self.scene_size: tuple[int, int] | None = None  # (H, W) of the scenes it was trained on, if recorded
+        self.generator_version: int | None = None  # of the street scenes it was trained on, if recorded
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "cpu", crop: int | None = None) -> "Segmenter":
@@ -106,6 +107,8 @@ class Segmenter:
         segmenter = cls(model, info, device, crop, stride)
         if extra.get("scene_size"):
             segmenter.scene_size = tuple(int(v) for v in extra["scene_size"])
+        if extra.get("generator_version") is not None:
+            segmenter.generator_version = int(extra["generator_version"])
         return segmenter
 
     @torch.inference_mode()
