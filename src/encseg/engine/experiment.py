@@ -67,7 +67,7 @@ class Budget:
 
 BUDGETS = {
     "cpu-small": Budget(
-        name="cpu-small", train_preset="streets-cpu", steps=2000, size=(128, 256), n_train=1500, n_val=100,
+        name="cpu-small", train_preset="streets-cpu", steps=4000, size=(128, 256), n_train=1500, n_val=100,
     ),
     "gpu-small": Budget(
         name="gpu-small", train_preset="streets-cpu", steps=8000, size=(256, 512), n_train=3000, n_val=300,
