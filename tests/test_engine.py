@@ -349,6 +349,12 @@ def test_experiment_writes_the_table_the_chart_and_the_demo_model(tmp_path, monk
     assert len(records) == 1 + 2 * 2 + 1 + 2
     text = md.read_text()
     assert "not Cityscapes" in text and "encseg experiment --budget tiny" in text
+    from encseg.data.streets import GENERATOR_VERSION
+
+    assert f"generator version {GENERATOR_VERSION}, seed 0" in text
+    assert "(64x128 crops, scale 0.75-1.25, flip, photometric distortion)" in text  # the smoke preset's augmentation
+    cpu = preset("streets-cpu").to_dict()["data"]
+    assert experiment.augmentation_text(cpu) == "128x256 crops, no rescaling, flip, no photometric distortion"
     assert text.count("| SETR |") == 4 and text.count("| key-invariant SETR |") == 3
     assert "—" not in text.split("## How")[0]  # every cell of the table is filled
     assert Image.open(png).size == (1000, 560)

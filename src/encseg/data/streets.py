@@ -10,12 +10,12 @@ ones. Sun shadows, haze, exposure, colour cast, vignetting, blur and sensor nois
 Labels are the 19 Cityscapes trainIds (`encseg.data.cityscapes`).
 
 This is a benchmark for comparing methods under the same budget, not a substitute for Cityscapes:
-every result measured on it says so. Version 5 is calibrated for the CPU budget (a plain vit-tiny
-SETR, 2000 steps at 128x256, lands between 45 and 85 mIoU; docs/training.md, "Calibration"): the
-lens is longer than v4's (focal length 0.95-1.25 x width, was 0.72-1.05), poles, signs and traffic
-lights are larger than life, and walls, fences, riders and two-wheelers appear more often, so that
-every class is seen often enough to be learnt in a few thousand steps. Class frequencies are
-therefore flatter than Cityscapes' (`scripts/patch_ceiling.py` prints them).
+every result measured on it says so. Version 5 is calibrated for the CPU budget, where a plain
+vit-tiny SETR (4000 steps of batch 4 at 128x256) should land between 45 and 85 mIoU (docs/training.md,
+"Calibration"): the lens is longer than v4's (focal length 0.95-1.25 x width, was 0.72-1.05), poles,
+signs and traffic lights are larger than life, and walls, fences, riders and two-wheelers appear
+more often, so that every class is seen often enough to be learnt in a few thousand steps. Class
+frequencies are therefore flatter than Cityscapes' (`scripts/patch_ceiling.py` prints them).
 """
 
 from __future__ import annotations

@@ -299,6 +299,11 @@ def _fmt(v: float | None) -> str:
     return "—" if v is None else f"{v:.1f}"
 
 
+def _generator_version(data_root: Path) -> str:
+    meta = Path(data_root) / "streets.json"
+    return str(json.loads(meta.read_text()).get("generator_version", "?")) if meta.is_file() else "?"
+
+
 def augmentation_text(d: dict) -> str:
     """The training augmentation of a data config, in words."""
     parts = [f"{d['crop'][0]}x{d['crop'][1]} crops"]
@@ -320,7 +325,8 @@ def write_report(budget: Budget, records: list[dict], data_root: Path, path: Pat
         "",
         f"**Benchmark: the procedural street scenes of `encseg data streets` (Cityscapes classes and layout), "
         f"not Cityscapes.** {budget.n_train} training and {budget.n_val} validation scenes of "
-        f"{budget.size[0]}x{budget.size[1]} pixels, generator seed {budget.data_seed}. mIoU (%) with the Cityscapes "
+        f"{budget.size[0]}x{budget.size[1]} pixels, generator version {_generator_version(data_root)}, seed "
+        f"{budget.data_seed}. mIoU (%) with the Cityscapes "
         "protocol (one confusion matrix over the validation set, 19 classes, ignore 255, mean over classes with a "
         "defined IoU). Encrypted test images get a fresh key each (or the one shared key); the predicted label map "
         "is decrypted with that key before scoring.",
