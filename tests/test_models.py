@@ -357,3 +357,20 @@ def test_sliding_window_averages_the_overlapping_crops():
     assert torch.allclose(got, want, atol=1e-5)
     with pytest.raises(UserError, match="multiples of the patch size"):
         predict(model, img, crop=(32, 40))
+
+
+def test_checkpoints_are_ordinary_files_not_private_ones(tmp_path):
+    """Written atomically through a temporary file, yet with the usual permissions (umask 022: 0644);
+    only key files are 0600."""
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        cfg = SETRConfig(encoder="vit-tiny-6", decoder="naive", img_size=(32, 64))
+        path = save_checkpoint(tmp_path / "m.safetensors", build_setr(cfg), cfg)
+    finally:
+        os.umask(old)
+    for p in (path, path.with_suffix(".json")):
+        assert stat.S_IMODE(p.stat().st_mode) == 0o644
+    assert not list(tmp_path.glob(".*"))  # no temporary file left behind

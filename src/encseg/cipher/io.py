@@ -128,6 +128,7 @@ def write_atomic(path: str | os.PathLike, data: bytes | Callable[[Path], object]
         if callable(data):
             os.close(fd)
             data(Path(tmp))
+            os.chmod(tmp, 0o666 & ~umask)  # the writer may have replaced the file, with mkstemp's 0600 or its own
         else:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
