@@ -133,7 +133,7 @@ def _die_with_parent() -> None:
             pass
 
 
-def _run_job(run: Run, data_root: str, budget: Budget) -> dict:
+def _run_job(run: Run, data_root: str, budget: Budget, data: dict) -> dict:
     """Train (resuming if interrupted) and evaluate one run, in its own process; returns its record."""
     import torch
 
@@ -146,7 +146,6 @@ def _run_job(run: Run, data_root: str, budget: Budget) -> dict:
     if run.cfg.run.threads:
         torch.set_num_threads(run.cfg.run.threads)
     out = Path(run.cfg.run.out)
-    data = json.loads((Path(data_root) / "streets.json").read_text())
     out.mkdir(parents=True, exist_ok=True)
     (out / "data.json").write_text(json.dumps(data) + "\n")  # what the checkpoints in here were trained on
     t0 = time.perf_counter()
@@ -196,15 +195,20 @@ def _stale(run: Run, data: dict) -> bool:
     return results.is_file() and json.loads(results.read_text()).get("config") != run.cfg.to_dict()
 
 
+def streets_meta(root: str | Path) -> dict:
+    """The `streets.json` of a generated benchmark folder (generator version, seed, size, counts), or {}."""
+    path = Path(root) / "streets.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def ensure_data(budget: Budget, root: Path) -> Path:
     """Generate the benchmark unless a folder with the same parameters is already there."""
     from encseg.data.streets import GENERATOR_VERSION, generate_streets
 
-    meta_path = root / "streets.json"
     want = {"generator_version": GENERATOR_VERSION, "seed": budget.data_seed, "size": list(budget.size),
             "train": budget.n_train, "val": budget.n_val}  # fmt: skip
-    if meta_path.is_file():
-        meta = json.loads(meta_path.read_text())
+    meta = streets_meta(root)
+    if meta:
         if all(meta.get(k) == v for k, v in want.items()):
             return root
         shutil.rmtree(root)
@@ -223,7 +227,7 @@ def run_experiment(budget_name: str, out: Path, data: Path | None, results_md: P
     data_root = ensure_data(budget, Path(data) if data else Path("data") / f"streets-{budget.name}")
     t_data = time.perf_counter() - t0
     runs = plan_runs(budget, data_root, out)
-    data = json.loads((data_root / "streets.json").read_text())
+    data = streets_meta(data_root)
     if only:
         unknown = set(only) - {r.name for r in runs}
         if unknown:
@@ -245,7 +249,7 @@ def run_experiment(budget_name: str, out: Path, data: Path | None, results_md: P
     print(f"{len(runs)} runs, {len(records)} already done; {len(todo)} to do now, {budget.parallel} at a time", flush=True)
     ctx = get_context("spawn")
     with ProcessPoolExecutor(budget.parallel, mp_context=ctx, initializer=_die_with_parent) as pool:
-        pending = {pool.submit(_run_job, r, str(data_root), budget): r for r in todo}
+        pending = {pool.submit(_run_job, r, str(data_root), budget, data): r for r in todo}
         while pending:
             finished, _ = wait(pending, return_when=FIRST_COMPLETED)
             for fut in finished:
@@ -299,11 +303,6 @@ def _fmt(v: float | None) -> str:
     return "—" if v is None else f"{v:.1f}"
 
 
-def _generator_version(data_root: Path) -> str:
-    meta = Path(data_root) / "streets.json"
-    return str(json.loads(meta.read_text()).get("generator_version", "?")) if meta.is_file() else "?"
-
-
 def augmentation_text(d: dict) -> str:
     """The training augmentation of a data config, in words."""
     parts = [f"{d['crop'][0]}x{d['crop'][1]} crops"]
@@ -325,8 +324,8 @@ def write_report(budget: Budget, records: list[dict], data_root: Path, path: Pat
         "",
         f"**Benchmark: the procedural street scenes of `encseg data streets` (Cityscapes classes and layout), "
         f"not Cityscapes.** {budget.n_train} training and {budget.n_val} validation scenes of "
-        f"{budget.size[0]}x{budget.size[1]} pixels, generator version {_generator_version(data_root)}, seed "
-        f"{budget.data_seed}. mIoU (%) with the Cityscapes "
+        f"{budget.size[0]}x{budget.size[1]} pixels, generator version "
+        f"{streets_meta(data_root).get('generator_version', '?')}, seed {budget.data_seed}. mIoU (%) with the Cityscapes "
         "protocol (one confusion matrix over the validation set, 19 classes, ignore 255, mean over classes with a "
         "defined IoU). Encrypted test images get a fresh key each (or the one shared key); the predicted label map "
         "is decrypted with that key before scoring.",
@@ -513,9 +512,9 @@ def write_demo_asset(src: Path, folder: Path, *, name: str, scheme: str, scene_s
              "encryption": {"mode": "per-image", "scheme": scheme}, "scene_size": list(scene_size),
              "inference": {"crop": list(crop), "stride": list(stride or crop)} if crop else {},
              "val_miou_per_image_keys": val_miou, "command": command} | more  # fmt: skip
-    meta = Path(data_root) / "streets.json"
-    if meta.is_file():
-        extra["generator_version"] = json.loads(meta.read_text()).get("generator_version")
+    meta = streets_meta(data_root)
+    if meta:
+        extra["generator_version"] = meta.get("generator_version")
     folder.mkdir(parents=True, exist_ok=True)
     return save_checkpoint(folder / "demo.safetensors", lean.half().eval(), extra=extra)
 

@@ -29,13 +29,13 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
+from encseg.cipher.io import write_atomic
 from encseg.data.augment import AugmentConfig, TrainTransform
 from encseg.data.cityscapes import IGNORE_INDEX, CityscapesDataset
 from encseg.engine import distributed
 from encseg.engine.config import TrainConfig
 from encseg.errors import UserError
 from encseg.models import build_setr, load_checkpoint, normalize, save_checkpoint
-from encseg.cipher.io import write_atomic
 from encseg.models.checkpoint import _unwrap
 
 LOG_FIELDS = ("step", "epoch", "loss", "loss_main", "lr", "img_per_s", "elapsed_s")
