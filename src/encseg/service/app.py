@@ -30,7 +30,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from encseg import __version__
-from encseg.cipher import PRESETS
+from encseg.cipher import DEFAULT_SCHEME, PRESETS
 from encseg.cipher.io import encode_png, metadata_text
 from encseg.errors import UserError
 from encseg.service.batching import MicroBatcher
@@ -74,6 +74,7 @@ class ModelDescription(BaseModel):
     patch_size: int
     key_mode: str | None  # how its training images were keyed: per-image (the point), shared, none
     config: dict[str, Any]
+    trained_on: dict[str, Any] = {}  # benchmark, val_miou_per_image_keys, ... as the checkpoint records them
 
 
 class Info(BaseModel):
@@ -85,6 +86,7 @@ class Info(BaseModel):
     block_size: int
     schemes: list[dict[str, Any]]
     scheme_names: list[str]
+    default_scheme: str  # what a client should offer first: the library default if trained for, else the first trained
     presets: dict[str, str]
     limits: dict[str, int]
     batching: dict[str, Any]
@@ -407,12 +409,13 @@ def create_app(segmenter: Segmenter, config: ServiceConfig = ServiceConfig()) ->
             service="encseg",
             format_version=1,
             model=ModelDescription(name=info.name, num_classes=info.num_classes, patch_size=info.patch_size,
-                                   key_mode=info.key_mode, config=info.config),
+                                   key_mode=info.key_mode, config=info.config, trained_on=info.trained_on),
             classes=info.class_names,
             palette=info.palette,
             block_size=info.block_size,
             schemes=[s.to_dict() for s in info.schemes],
             scheme_names=[s.name for s in info.schemes],
+            default_scheme=_default_scheme([s.name for s in info.schemes]),
             presets=PRESETS,
             limits={"max_body_bytes": limits.max_body_bytes, "max_pixels": limits.max_pixels,
                     "max_side": limits.max_side, "max_topk": limits.max_topk},
@@ -481,6 +484,11 @@ def create_app(segmenter: Segmenter, config: ServiceConfig = ServiceConfig()) ->
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.add_middleware(LimitsAndAccessLog, max_body_bytes=limits.max_body_bytes)
     return app
+
+
+def _default_scheme(trained: list[str]) -> str:
+    """The scheme a client offers first: the library default when the model was trained for it."""
+    return DEFAULT_SCHEME if DEFAULT_SCHEME in trained or not trained else trained[0]
 
 
 def _offline_docs_assets() -> Path | None:

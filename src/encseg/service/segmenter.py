@@ -36,6 +36,7 @@ class ModelInfo:
     schemes: list[Scheme] = field(default_factory=list)
     config: dict = field(default_factory=dict)
     key_mode: str | None = None  # how training images were keyed: per-image, shared or none
+    trained_on: dict = field(default_factory=dict)  # what the checkpoint says of its data and score (TRAINED_ON_KEYS)
 
     def __post_init__(self) -> None:
         if not 1 <= self.num_classes <= 255:
@@ -98,6 +99,7 @@ class Segmenter:
             schemes=schemes_from_extra(extra, int(cfg_dict.get("patch_size", 16))),
             config={k: v for k, v in cfg_dict.items() if isinstance(v, (int, float, str, bool, list, tuple, type(None)))},
             key_mode=key_mode_from_extra(extra),
+            trained_on={k: extra[k] for k in TRAINED_ON_KEYS if extra.get(k) is not None},
         )
         stride = None
         if crop is None:
@@ -129,6 +131,12 @@ class Segmenter:
             for i, p in enumerate(out):
                 p.topk_classes, p.topk_probs = idx[i], probs[i]
         return out
+
+
+# What a checkpoint's extra metadata may say about its training data and score (the demo model writes
+# them, engine/experiment.py write_demo_asset); GET /v1/info passes them on so a client can say what
+# the model is (the procedural street benchmark, not Cityscapes) and how well it scored.
+TRAINED_ON_KEYS = ("benchmark", "val_miou_per_image_keys", "generator_version", "scene_size", "data")
 
 
 def schemes_from_extra(extra: dict, block_size: int) -> list[Scheme]:
