@@ -1,5 +1,6 @@
 """Reading and writing images safely: size limits before decoding, clear refusals of modes the cipher
-cannot carry, and encrypted PNGs that carry their scheme and original size (never a key)."""
+cannot carry, and encrypted images that carry their scheme and original size (never a key): PNG (the
+default, lossless) or JPEG (the EtC transport for segmentation, `encseg.cipher.jpeg`)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, PngImagePlugin
 
+from encseg.cipher.jpeg import DEFAULT_QUALITY, check_block_size, encode_jpeg, is_jpeg, read_jpeg_header
 from encseg.cipher.scheme import FORMAT_VERSION, Scheme
 from encseg.cipher.transform import EncryptedImage
 from encseg.errors import UserError
@@ -21,6 +23,8 @@ from encseg.errors import UserError
 DEFAULT_MAX_PIXELS = int(os.environ.get("ENCSEG_MAX_PIXELS", 64 * 1024 * 1024))
 METADATA_CHUNK = "encseg"  # PNG tEXt keyword holding {"version", "scheme", "original_size"}
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+TRANSPORT_FORMATS = ("png", "jpeg")  # how a ciphertext travels (docs/encryption-format.md sections 8 and 10)
+_SUFFIX_FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg"}
 
 
 def png_header(data: bytes) -> tuple[int, int, int, int] | None:
@@ -92,14 +96,39 @@ def read_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS)
 
 
 def require_png_path(path: str | os.PathLike) -> Path:
-    """Encrypted images and label maps are stored losslessly: refuse any other extension."""
+    """Label maps and decrypted images are stored losslessly: refuse any other extension."""
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise UserError(
-            f"{path}: encrypted images and label maps are written as PNG only; lossy formats such as JPEG "
-            "blur across block edges and mix pixels of different blocks, which breaks decryption"
+            f"{path}: label maps and decrypted images are written as PNG only (lossless); a lossy format "
+            "would change labels and pixel values"
         )
     return path
+
+
+def transport_format(path: str | os.PathLike, fmt: str | None = None) -> str:
+    """The format of an encrypted image to write: `fmt` (png or jpeg; it must agree with the file's
+    suffix) or, without it, the suffix (.png, .jpg, .jpeg)."""
+    path = Path(path)
+    by_suffix = _SUFFIX_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        if by_suffix is None:
+            raise UserError(f"{path}: encrypted images are written as .png (lossless) or .jpg (JPEG transport)")
+        return by_suffix
+    fmt = {"jpg": "jpeg"}.get(fmt.lower(), fmt.lower())
+    if fmt not in TRANSPORT_FORMATS:
+        raise UserError(f"the transport format is png or jpeg (got {fmt!r})")
+    if by_suffix != fmt:
+        raise UserError(f"{path}: format {fmt} is written to a {'.png' if fmt == 'png' else '.jpg'} file")
+    return fmt
+
+
+def check_transport(scheme: Scheme, fmt: str) -> None:
+    """Refuse, with a one-line reason, a scheme the format would damage (JPEG: block size not a multiple of 8)."""
+    if fmt not in TRANSPORT_FORMATS:
+        raise UserError(f"the transport format is png or jpeg (got {fmt!r})")
+    if fmt == "jpeg":
+        check_block_size(scheme.block_size)
 
 
 def encode_png(array: np.ndarray, text: dict[str, str] | None = None) -> bytes:
@@ -166,10 +195,29 @@ def png_metadata(data: bytes) -> tuple[Scheme, tuple[int, int]] | None:
     return parse_metadata(text) if text else None
 
 
-def save_encrypted(path: str | os.PathLike, enc: EncryptedImage) -> Path:
-    """Write an encrypted image as PNG with its scheme and original size in a tEXt chunk."""
-    path = require_png_path(path)
-    return write_atomic(path, encode_png(enc.data, metadata_text(enc.scheme, enc.original_size)))
+def encode_encrypted(enc: EncryptedImage, fmt: str = "png", quality: int = DEFAULT_QUALITY) -> bytes:
+    """An encrypted image's bytes: PNG with the `encseg` tEXt chunk, or baseline 4:4:4 JPEG at
+    `quality` with the same JSON in the `encseg` COM segment."""
+    check_transport(enc.scheme, fmt)
+    text = metadata_text(enc.scheme, enc.original_size)
+    if fmt == "png":
+        return encode_png(enc.data, text)
+    return encode_jpeg(enc.data, quality, text[METADATA_CHUNK])
+
+
+def save_encrypted(path: str | os.PathLike, enc: EncryptedImage, fmt: str | None = None,
+                   quality: int = DEFAULT_QUALITY) -> Path:
+    """Write an encrypted image (format from `fmt` or the suffix) with its scheme and original size."""
+    return write_atomic(path, encode_encrypted(enc, transport_format(path, fmt), quality))
+
+
+def encrypted_metadata(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS,
+                       what: str = "image") -> tuple[Scheme, tuple[int, int]] | None:
+    """The scheme and original size an encrypted PNG or JPEG records, or None if it records none."""
+    if is_jpeg(data):
+        text = read_jpeg_header(data, max_pixels=max_pixels, what=what).encseg_text
+        return parse_metadata(text) if text is not None else None
+    return png_metadata(data)
 
 
 def load_encrypted(path: str | os.PathLike, scheme: Scheme | None = None,
@@ -179,8 +227,13 @@ def load_encrypted(path: str | os.PathLike, scheme: Scheme | None = None,
     data = Path(path).read_bytes() if path.is_file() else None
     if data is None:
         raise UserError(f"{path} does not exist or is not a file")
+    if is_jpeg(data):
+        raise UserError(
+            f"{path} is a JPEG ciphertext: JPEG transport is for segmentation (the label map decrypts exactly, "
+            "the image does not); encrypt with --format png to decrypt the image itself"
+        )
     if png_header(data) is None:
-        raise UserError(f"{path} is not a PNG; encrypted images are always PNG")
+        raise UserError(f"{path} is not a PNG; encrypted images that are decrypted are PNG")
     arr = decode_image(data, max_pixels=max_pixels, what=str(path))
     meta = png_metadata(data)
     if scheme is None:
