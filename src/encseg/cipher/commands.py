@@ -9,15 +9,19 @@ import typer
 
 from encseg.cipher.io import (
     DEFAULT_MAX_PIXELS,
+    check_transport,
     encode_png,
+    encrypted_metadata,
     load_encrypted,
     png_metadata,
     read_image,
     decode_label_png,
     require_png_path,
     save_encrypted,
+    transport_format,
     write_atomic,
 )
+from encseg.cipher.jpeg import DEFAULT_QUALITY, check_quality
 from encseg.cipher.keys import Key, load_key, save_key
 from encseg.cipher.scheme import DEFAULT_SCHEME, PRESETS, Scheme
 from encseg.cipher.transform import decrypt, decrypt_mask, encrypt
@@ -46,26 +50,34 @@ def keygen(out: Path = typer.Option(..., "--out", "-o", help="key file to create
 
 def encrypt_cmd(
     image: Path = typer.Argument(..., help="plain image (PNG, JPEG, ... 8-bit RGB)"),
-    out: Path = typer.Option(..., "--out", "-o", help="encrypted image to write (.png)"),
+    out: Path = typer.Option(..., "--out", "-o", help="encrypted image to write (.png, or .jpg with --format jpeg)"),
     scheme: str = typer.Option(DEFAULT_SCHEME, help=_SCHEME_HELP),
+    fmt: Optional[str] = typer.Option(None, "--format", help="png (lossless, default) or jpeg (for segmentation only: "
+                                      "block size a multiple of 8, baseline 4:4:4); default: from --out's suffix"),
+    quality: Optional[int] = typer.Option(None, help=f"JPEG quality 1-100 (--format jpeg; default {DEFAULT_QUALITY})"),
     block_size: int = typer.Option(16, help="block size p (the ViT patch size)"),
     key_out: Optional[Path] = typer.Option(None, help="write the fresh key here (0600); without it the key is discarded"),
     key: Optional[Path] = typer.Option(None, help="use this existing key file instead of a fresh key"),
     max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, help="refuse images with more pixels than this"),
 ) -> None:
-    """Encrypt an image with a fresh per-image key and write it as PNG."""
-    require_png_path(out)
+    """Encrypt an image with a fresh per-image key and write it as PNG (or JPEG, for segmentation)."""
+    fmt = transport_format(out, fmt)
+    if quality is not None and fmt != "jpeg":
+        raise UserError("--quality applies to --format jpeg only (PNG is lossless)")
+    quality = check_quality(DEFAULT_QUALITY if quality is None else quality)
     if key is not None and key_out is not None:
         raise UserError("use either --key (an existing key) or --key-out (save the fresh key), not both")
     s = Scheme.parse(scheme, block_size=block_size)
+    check_transport(s, fmt)
     img = read_image(image, max_pixels=max_pixels)
     k = load_key(key) if key is not None else Key.generate()
     if key_out is not None:
         save_key(k, key_out)  # before the ciphertext: never leave an image nobody can decrypt
     enc = encrypt(img, k, s)
-    save_encrypted(out, enc)
+    save_encrypted(out, enc, fmt, quality)
     h, w = enc.data.shape[:2]
-    typer.echo(f"encrypted {image} ({img.shape[0]}x{img.shape[1]}) -> {out} ({h}x{w}, scheme {s.name})")
+    how = f", JPEG quality {quality}" if fmt == "jpeg" else ""
+    typer.echo(f"encrypted {image} ({img.shape[0]}x{img.shape[1]}) -> {out} ({h}x{w}, scheme {s.name}{how})")
     if key is None and key_out is None:
         typer.echo("the key was discarded (no --key-out): nobody can decrypt this image", err=True)
 
@@ -90,7 +102,7 @@ def decrypt_mask_cmd(
     mask: Path = typer.Argument(..., help="label map PNG in encrypted geometry (from the server)"),
     key: Path = typer.Option(..., help="key file of the image"),
     out: Path = typer.Option(..., "--out", "-o", help="label map to write (.png)"),
-    like: Optional[Path] = typer.Option(None, help="the encrypted PNG it belongs to (scheme + size)"),
+    like: Optional[Path] = typer.Option(None, help="the encrypted PNG or JPEG it belongs to (scheme + size)"),
     scheme: Optional[str] = typer.Option(None, help="scheme, if --like is not given"),
     block_size: int = typer.Option(16),
     size: Optional[str] = typer.Option(None, help="original HxW, if --like is not given"),
@@ -105,7 +117,7 @@ def decrypt_mask_cmd(
     if like is not None:
         if not like.is_file():
             raise UserError(f"{like} does not exist or is not a file")
-        meta = png_metadata(like.read_bytes()) or meta
+        meta = encrypted_metadata(like.read_bytes(), what=str(like)) or meta
     s = Scheme.parse(scheme, block_size=block_size) if scheme else (meta[0] if meta else None)
     hw = parse_size(size) if size else (meta[1] if meta else None)
     if s is None or hw is None:
