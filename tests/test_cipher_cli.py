@@ -65,21 +65,21 @@ def _bad_inputs(tmp_path):
         "not an image": (["encrypt", tmp_path / "text.png", "-o", tmp_path / "o.png"], "not a readable image"),
         "empty": (["encrypt", tmp_path / "empty.png", "-o", tmp_path / "o.png"], "empty"),
         "missing": (["encrypt", tmp_path / "nope.png", "-o", tmp_path / "o.png"], "does not exist"),
-        "jpeg out": (["encrypt", tmp_path / "ok.png", "-o", tmp_path / "o.jpg"], "PNG only"),
+        "jpeg block size": (["encrypt", tmp_path / "ok.png", "-o", tmp_path / "o.jpg", "--block-size", "12"], "multiple of 8"),
         "too big": (["encrypt", tmp_path / "ok.png", "-o", tmp_path / "o.png", "--max-pixels", "10"], "over the limit"),
         "bad scheme": (["encrypt", tmp_path / "ok.png", "-o", tmp_path / "o.png", "--scheme", "bs-zz"], "unknown scheme"),
         "no metadata": (["decrypt", tmp_path / "ok.png", "--key", tmp_path / "nokey", "-o", tmp_path / "d.png"], "metadata"),
     }
 
 
-@pytest.mark.parametrize("case", ["alpha", "16-bit", "not an image", "empty", "missing", "jpeg out", "too big", "bad scheme", "no metadata"])
+@pytest.mark.parametrize("case", ["alpha", "16-bit", "not an image", "empty", "missing", "jpeg block size", "too big", "bad scheme", "no metadata"])
 def test_bad_input_gets_one_line_error_and_nonzero_exit(run_cli, tmp_path, case):
     args, message = _bad_inputs(tmp_path)[case]
     code, out, err = run_cli(*args)
     assert code != 0
     assert message in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
-    assert not (tmp_path / "o.png").exists()
+    assert not (tmp_path / "o.png").exists() and not (tmp_path / "o.jpg").exists()
 
 
 def test_installed_entry_point_prints_no_traceback(tmp_path):

@@ -42,7 +42,7 @@ _SOF_KINDS = {
     0xCB: "arithmetic-coded lossless (SOF11)", 0xCD: "arithmetic-coded hierarchical (SOF13)",
     0xCE: "arithmetic-coded hierarchical (SOF14)", 0xCF: "arithmetic-coded hierarchical (SOF15)",
 }
-_ONLY = "encrypted JPEGs are baseline (SOF0) 8-bit 4:4:4 YCbCr/RGB"
+_ONLY = "encrypted JPEGs are baseline (SOF0) 8-bit 4:4:4 YCbCr/RGB, or send PNG"
 
 
 class JpegRefused(UserError):
@@ -133,7 +133,7 @@ def _parse_sof(body: bytes, max_pixels: int, max_side: int | None, what: str) ->
         raise JpegRefused(
             415,
             f"{what} is chroma-subsampled ({_sampling_name(factors)}): the decoder's chroma upsampling mixes "
-            "pixels of neighbouring blocks; encode with 4:4:4 sampling (Pillow: subsampling=0)",
+            "pixels of neighbouring blocks; encode with 4:4:4 sampling (Pillow: subsampling=0), or send PNG",
         )
     return width, height, (ids[0], ids[1], ids[2])
 

@@ -1,4 +1,4 @@
-"""The FastAPI app: POST /v1/segment (encrypted PNG in, label map in encrypted geometry out),
+"""The FastAPI app: POST /v1/segment (encrypted PNG or JPEG in, label map in encrypted geometry out),
 GET /v1/info, GET /healthz, the browser client at /, OpenAPI at /docs. It never receives a key.
 
 Every bad request is a 4xx with a JSON `{"detail": ...}`; the access log is one JSON line per
@@ -32,19 +32,20 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from encseg import __version__
 from encseg.cipher import DEFAULT_SCHEME, PRESETS
 from encseg.cipher.io import encode_png, metadata_text
+from encseg.cipher.jpeg import JpegHeader
 from encseg.errors import UserError
 from encseg.service.batching import MicroBatcher
 from encseg.service.segmenter import Prediction, Segmenter
 from encseg.service.validation import (
     KEY_REFUSAL,
     Limits,
-    PngHeader,
     Refused,
     check_geometry,
-    decode_png,
+    check_transport,
+    decode_ciphertext,
     has_key_member,
     is_key_name,
-    read_png_header,
+    read_image_header,
     resolve_scheme,
     scheme_from_chunk,
     scheme_from_field,
@@ -112,7 +113,9 @@ _SEGMENT_BODY = {
     "description": (
         "An encrypted image (PNG, sides multiples of the block size) and its scheme. Never a key: "
         "a `key` field or member is refused with 400. Send multipart/form-data, application/json "
-        "(image as base64), or a raw image/png body (scheme in the query or the PNG's encseg chunk)."
+        "(image as base64), or a raw image/png or image/jpeg body (scheme in the query or the image's encseg "
+        "metadata). JPEG (for segmentation only): baseline, 4:4:4, block size a multiple of 8 "
+        "(docs/encryption-format.md section 10)."
     ),
     "required": True,
     "content": {
@@ -145,6 +148,7 @@ _SEGMENT_BODY = {
             }
         },
         "image/png": {"schema": {"type": "string", "format": "binary"}},
+        "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
     },
 }
 
@@ -287,14 +291,14 @@ async def parse_request(request: Request, limits: Limits) -> SegmentRequest:
             raise Refused(400, "`image` is not valid base64") from None
         return SegmentRequest(data, body.get("scheme"), body.get("block_size"), body.get("original_size"),
                               body.get("topk", 0), body.get("format", "png"))
-    if ctype in ("image/png", "application/octet-stream"):
+    if ctype in ("image/png", "image/jpeg", "application/octet-stream"):
         q = request.query_params
         _check_fields(list(q))
         return SegmentRequest(await request.body(), q.get("scheme"), q.get("block_size"), q.get("original_size"),
                               q.get("topk", 0), q.get("format", "png"))
     if ctype.startswith("image/"):
-        raise Refused(415, f"{ctype} is refused: only PNG is accepted for encrypted images")
-    raise Refused(415, "send multipart/form-data, application/json or an image/png body")
+        raise Refused(415, f"{ctype} is refused: only PNG and JPEG are accepted for encrypted images")
+    raise Refused(415, "send multipart/form-data, application/json or an image/png or image/jpeg body")
 
 
 def _check_fields(names: list[str]) -> None:
@@ -432,7 +436,7 @@ def create_app(segmenter: Segmenter, config: ServiceConfig = ServiceConfig()) ->
                   "description": "label map in encrypted geometry (PNG), or JSON with it and top-k probabilities"},
             400: {"description": "malformed request, or a request that carries a key"},
             413: {"description": "body or pixel count over the limit"},
-            415: {"description": "not a PNG, or not 8-bit RGB"},
+            415: {"description": "not a PNG or JPEG, not 8-bit RGB, or a JPEG that is progressive or chroma-subsampled"},
             422: {"description": "unknown scheme, or sizes that do not fit the block size"},
         },
     )
@@ -447,15 +451,17 @@ def create_app(segmenter: Segmenter, config: ServiceConfig = ServiceConfig()) ->
                 raise Refused(422, "format is png or json")
             if topk and fmt != "json":
                 fmt = "json"  # probabilities do not fit in a label PNG
-            header: PngHeader = read_png_header(req.data, limits)
+            header = read_image_header(req.data, limits)
             field = scheme_from_field(req.scheme_field, req.block_size, default_block_size=info.block_size)
             chunk, chunk_size = scheme_from_chunk(header.encseg_text) if header.encseg_text is not None else (None, None)
             scheme = resolve_scheme(field, chunk)
             original_size = _parse_original_size(req.original_size) or chunk_size
             check_geometry(scheme, header, original_size, info.patch_size)
+            check_transport(scheme, header)
             logrec = request.scope["state"].setdefault("log", {})
-            logrec.update(height=header.height, width=header.width, scheme=scheme.name, topk=topk)
-            img = await run_in_threadpool(decode_png, req.data, header)
+            logrec.update(height=header.height, width=header.width, scheme=scheme.name, topk=topk,
+                          transport="jpeg" if isinstance(header, JpegHeader) else "png")
+            img = await run_in_threadpool(decode_ciphertext, req.data, header)
         t0 = time.perf_counter()
         pred: Prediction = await batcher.submit((header.height, header.width), (img, topk))
         logrec["infer_ms"] = round((time.perf_counter() - t0) * 1000, 2)

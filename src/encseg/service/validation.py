@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from encseg.cipher import Scheme
+from encseg.cipher.jpeg import JpegHeader, JpegRefused, check_block_size, decode_jpeg, is_jpeg, read_jpeg_header
 from encseg.errors import UserError
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -160,6 +161,38 @@ def decode_png(data: bytes, header: PngHeader) -> np.ndarray:
             raise Refused(422, "the image has transparent pixels; encrypted images are opaque RGB")
         arr = arr[..., :3]
     return np.ascontiguousarray(arr)
+
+
+# -- JPEG ciphertexts (docs/encryption-format.md section 10) -----------------------------------------
+
+def read_image_header(data: bytes, limits: Limits) -> PngHeader | JpegHeader:
+    """A PNG's chunks or a JPEG's marker segments (told apart by the signature), checked and bounded
+    before any pixel is decoded."""
+    if is_jpeg(data):
+        try:
+            return read_jpeg_header(data, max_pixels=limits.max_pixels, max_side=limits.max_side)
+        except JpegRefused as exc:
+            raise Refused(exc.status, str(exc)) from None
+    return read_png_header(data, limits)
+
+
+def decode_ciphertext(data: bytes, header: PngHeader | JpegHeader) -> np.ndarray:
+    """Decode an image that passed `read_image_header` to uint8 HxWx3."""
+    if isinstance(header, JpegHeader):
+        try:
+            return decode_jpeg(data, header)
+        except JpegRefused as exc:
+            raise Refused(exc.status, str(exc)) from None
+    return decode_png(data, header)
+
+
+def check_transport(scheme: Scheme, header: PngHeader | JpegHeader) -> None:
+    """A JPEG ciphertext needs a block size that is a multiple of 8 (JPEG's DCT grid)."""
+    if isinstance(header, JpegHeader):
+        try:
+            check_block_size(scheme.block_size)
+        except JpegRefused as exc:
+            raise Refused(exc.status, str(exc)) from None
 
 
 # -- schemes ---------------------------------------------------------------------------------------
