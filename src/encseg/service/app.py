@@ -41,8 +41,10 @@ from encseg.service.validation import (
     Limits,
     Refused,
     check_geometry,
+    PngHeader,
     check_transport,
-    decode_ciphertext,
+    decode_jpeg_ciphertext,
+    decode_png,
     has_key_member,
     is_key_name,
     read_image_header,
@@ -461,7 +463,8 @@ def create_app(segmenter: Segmenter, config: ServiceConfig = ServiceConfig()) ->
             logrec = request.scope["state"].setdefault("log", {})
             logrec.update(height=header.height, width=header.width, scheme=scheme.name, topk=topk,
                           transport="jpeg" if isinstance(header, JpegHeader) else "png")
-            img = await run_in_threadpool(decode_ciphertext, req.data, header)
+            decode = decode_png if isinstance(header, PngHeader) else decode_jpeg_ciphertext
+            img = await run_in_threadpool(decode, req.data, header)
         t0 = time.perf_counter()
         pred: Prediction = await batcher.submit((header.height, header.width), (img, topk))
         logrec["infer_ms"] = round((time.perf_counter() - t0) * 1000, 2)
