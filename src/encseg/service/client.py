@@ -1,5 +1,7 @@
 """The Python client: for each image a fresh key, encrypt, ask a backend (a server over HTTP, or a
-model in this process) for the label map in encrypted geometry, undo the geometry, drop the key."""
+model in this process) for the label map in encrypted geometry, undo the geometry, drop the key.
+The ciphertext travels as PNG (lossless) or JPEG (`transport="jpeg"`: 5-8x fewer bytes; the label
+map still decrypts exactly, docs/encryption-format.md section 10)."""
 
 from __future__ import annotations
 
@@ -13,7 +15,8 @@ import numpy as np
 from PIL import Image
 
 from encseg.cipher import DEFAULT_SCHEME, EncryptedImage, Key, Scheme, decrypt_mask, encrypt
-from encseg.cipher.io import encode_png, metadata_text
+from encseg.cipher.io import check_transport, encode_encrypted
+from encseg.cipher.jpeg import DEFAULT_QUALITY, check_quality, jpeg_roundtrip
 from encseg.errors import UserError
 from encseg.service.segmenter import Segmenter
 
@@ -72,11 +75,14 @@ def segment_image(img: np.ndarray, backend: Backend, scheme: Scheme, palette, ke
 
 
 class HttpBackend:
-    """POSTs encrypted PNGs to a server; retries connection errors and 502/503/504 with backoff."""
+    """POSTs encrypted images (PNG, or JPEG at `quality` with transport="jpeg") to a server; retries
+    connection errors and 502/503/504 with backoff."""
 
-    def __init__(self, url: str, timeout: float = 120.0, retries: int = 4, backoff: float = 0.5) -> None:
+    def __init__(self, url: str, timeout: float = 120.0, retries: int = 4, backoff: float = 0.5,
+                 transport: str = "png", quality: int = DEFAULT_QUALITY) -> None:
         self.url = url.rstrip("/")
         self.retries, self.backoff = retries, backoff
+        self.transport, self.quality = _transport(transport), check_quality(quality)
         self.client = httpx.Client(timeout=timeout)
 
     def _request(self, method: str, path: str, **kw) -> httpx.Response:
@@ -109,8 +115,9 @@ class HttpBackend:
         return r.json()
 
     def segment(self, enc: EncryptedImage) -> np.ndarray:
-        png = encode_png(enc.data, metadata_text(enc.scheme, enc.original_size))
-        r = self._request("POST", "/v1/segment", files={"image": ("encrypted.png", png, "image/png")},
+        body = encode_encrypted(enc, self.transport, self.quality)
+        name, mime = ("encrypted.jpg", "image/jpeg") if self.transport == "jpeg" else ("encrypted.png", "image/png")
+        r = self._request("POST", "/v1/segment", files={"image": (name, body, mime)},
                           data={"scheme": enc.scheme.to_json()})
         if r.status_code != 200:
             raise self._refusal(r)
@@ -122,10 +129,12 @@ class HttpBackend:
 
 
 class LocalBackend:
-    """The same round trip with the model in this process (no server, no network)."""
+    """The same round trip with the model in this process (no server, no network); with
+    transport="jpeg" the model sees what a server would decode from the JPEG."""
 
-    def __init__(self, segmenter: Segmenter) -> None:
+    def __init__(self, segmenter: Segmenter, transport: str = "png", quality: int = DEFAULT_QUALITY) -> None:
         self.segmenter = segmenter
+        self.transport, self.quality = _transport(transport), check_quality(quality)
 
     def info(self) -> dict:
         i = self.segmenter.info
@@ -137,7 +146,16 @@ class LocalBackend:
         p = self.segmenter.info.patch_size
         if h % p or w % p:
             raise UserError(f"the encrypted image is {h}x{w}; this model needs multiples of {p} (use block size {p})")
-        return self.segmenter.predict(enc.data[None])[0].labels
+        check_transport(enc.scheme, self.transport)
+        data = jpeg_roundtrip(enc.data, self.quality) if self.transport == "jpeg" else enc.data
+        return self.segmenter.predict(data[None])[0].labels
 
     def close(self) -> None:
         pass
+
+
+def _transport(name: str) -> str:
+    fmt = {"jpg": "jpeg"}.get(str(name).lower(), str(name).lower())
+    if fmt not in ("png", "jpeg"):
+        raise UserError(f"the transport format is png or jpeg (got {name!r})")
+    return fmt

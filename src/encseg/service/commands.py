@@ -11,31 +11,7 @@ from typing import Optional
 import typer
 
 from encseg.errors import UserError
-
-ENV_PREFIX = "ENCSEG_SERVE_"
-
-
-def config_from_env():
-    """(checkpoint, device, crop, ServiceConfig) from the environment `serve` sets for its uvicorn workers."""
-    from encseg.service.app import ServiceConfig
-    from encseg.service.validation import Limits
-
-    env = os.environ
-    ckpt = env.get(ENV_PREFIX + "CHECKPOINT")
-    if not ckpt:
-        raise UserError(f"{ENV_PREFIX}CHECKPOINT is not set")
-    threads = int(env.get(ENV_PREFIX + "THREADS", "0"))
-    if threads > 0:
-        import torch
-
-        torch.set_num_threads(threads)
-    limits = Limits(max_body_bytes=int(env.get(ENV_PREFIX + "MAX_BODY_BYTES", Limits.max_body_bytes)),
-                    max_pixels=int(env.get(ENV_PREFIX + "MAX_PIXELS", Limits.max_pixels)))
-    cfg = ServiceConfig(limits=limits, max_batch=int(env.get(ENV_PREFIX + "MAX_BATCH", 8)),
-                        max_wait_ms=float(env.get(ENV_PREFIX + "MAX_WAIT_MS", 5.0)))
-    crop = int(env.get(ENV_PREFIX + "CROP", "0")) or None
-    return ckpt, env.get(ENV_PREFIX + "DEVICE", "cpu"), crop, cfg
-
+from encseg.service.settings import LOG_LEVELS, Limits, ServiceConfig
 
 def log_config(level: str = "info") -> dict:
     """uvicorn's logging plus our JSON access log on stderr (uvicorn's own access log is off)."""
@@ -51,50 +27,93 @@ def log_config(level: str = "info") -> dict:
 def serve(
     checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="model checkpoint (.safetensors + .json beside it)"),
     host: str = typer.Option("127.0.0.1", help="address to bind (loopback by default)"),
-    port: int = typer.Option(8000, help="TCP port"),
-    workers: int = typer.Option(1, min=1, help="uvicorn worker processes (each loads the model)"),
-    device: str = typer.Option("cpu", help="torch device for inference"),
-    threads: int = typer.Option(0, help="torch threads per worker (0: cores / workers)"),
-    crop: int = typer.Option(0, help="sliding-window inference with this crop (a multiple of the patch size; 0: whole image)"),
-    max_batch: int = typer.Option(8, min=1, help="largest micro-batch (1 turns batching off)"),
-    max_wait_ms: float = typer.Option(5.0, min=0, help="how long a request waits for company"),
-    max_body_mb: float = typer.Option(32, help="largest request body, MiB"),
-    max_pixels: int = typer.Option(2048 * 2048, help="largest image, in pixels (checked before decoding)"),
-    log_level: str = typer.Option("info"),
+    port: int = typer.Option(8000, min=0, max=65535, help="TCP port"),
+    workers: int = typer.Option(1, min=1, max=64, help="uvicorn worker processes (each loads the model)"),
+    device: str = typer.Option("cpu", help="torch device for inference (cpu, cuda, cuda:N, mps)"),
+    threads: int = typer.Option(0, min=0, max=1024, help="torch threads per worker (0: cores / workers)"),
+    crop: int = typer.Option(0, min=0, help="sliding-window inference with this crop (a multiple of the patch size; 0: the checkpoint's setting)"),
+    max_batch: int = typer.Option(8, min=1, max=256, help="largest micro-batch (1 turns batching off)"),
+    max_wait_ms: float = typer.Option(5.0, min=0, max=10_000, help="how long a request waits for company"),
+    max_body_mb: float = typer.Option(32, min=0.001, max=2047, help="largest request body, MiB"),
+    max_pixels: int = typer.Option(Limits.max_pixels, min=1, help="largest image, in pixels (checked before decoding)"),
+    max_side: int = typer.Option(Limits.max_side, min=1, help="largest image side, in pixels"),
+    max_queue_pixels: int = typer.Option(ServiceConfig.max_queue_pixels, min=1,
+                                         help="pixels that may wait for the model; beyond that 503 + Retry-After"),
+    queue_timeout: float = typer.Option(ServiceConfig.queue_timeout_s, min=0.001, help="seconds a request may wait for the model (then 503)"),
+    max_inflight: int = typer.Option(ServiceConfig.max_inflight, min=1, help="requests read, checked or run at once (then 503)"),
+    max_connections: int = typer.Option(ServiceConfig.max_connections, min=1, help="open connections (more are answered 503)"),
+    header_timeout: float = typer.Option(ServiceConfig.header_timeout_s, min=0.001, help="seconds for a request line + headers"),
+    body_timeout: float = typer.Option(ServiceConfig.body_timeout_s, min=0.001, help="seconds for a whole request body"),
+    log_level: str = typer.Option("info", help="one of " + ", ".join(LOG_LEVELS)),
 ) -> None:
     """Serve a checkpoint: POST /v1/segment, GET /v1/info, /healthz, the browser client at /, docs at /docs."""
     import uvicorn
 
-    if not checkpoint.exists():
-        raise UserError(f"checkpoint {checkpoint} does not exist")
+    from encseg.service.server import guarded_protocol, uvicorn_options
+
+    if not checkpoint.is_file():
+        raise UserError(f"checkpoint {checkpoint} does not exist or is not a file")
     if threads <= 0:
         threads = max(1, (os.cpu_count() or 1) // workers)
-    os.environ.update({
-        ENV_PREFIX + "CHECKPOINT": str(checkpoint.resolve()), ENV_PREFIX + "DEVICE": device,
-        ENV_PREFIX + "THREADS": str(threads), ENV_PREFIX + "MAX_BATCH": str(max_batch),
-        ENV_PREFIX + "MAX_WAIT_MS": str(max_wait_ms), ENV_PREFIX + "MAX_BODY_BYTES": str(int(max_body_mb * 2**20)),
-        ENV_PREFIX + "MAX_PIXELS": str(max_pixels), ENV_PREFIX + "CROP": str(crop),
-    })
+    config = ServiceConfig(
+        checkpoint=str(checkpoint.resolve()), device=device, threads=threads, crop=crop,
+        limits=Limits(max_body_bytes=int(max_body_mb * 2**20), max_pixels=max_pixels, max_side=max_side),
+        max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue_pixels=max_queue_pixels,
+        queue_timeout_s=queue_timeout, max_inflight=max_inflight, max_connections=max_connections,
+        header_timeout_s=header_timeout, body_timeout_s=body_timeout, log_level=log_level.lower(),
+    )  # every value checked here: a bad option is refused before anything loads
+    os.environ.update(config.to_env())
+    options = dict(host=host, port=port, log_config=log_config(config.log_level), log_level=config.log_level,
+                   **uvicorn_options(config))
     if workers == 1:
         from encseg.service.app import app_from_env
 
-        app = app_from_env()  # load now, so a bad checkpoint is a one-line error before binding
+        app = app_from_env()  # load now, so a bad checkpoint or crop is a one-line error before binding
+        _check_crop(app, crop)
         typer.echo(f"serving {checkpoint} on http://{host}:{port}/ (docs at /docs)", err=True)
-        uvicorn.run(app, host=host, port=port, access_log=False, log_config=log_config(log_level), log_level=log_level)
+        _run(uvicorn, app, http=guarded_protocol(config), **options)
     else:
+        from encseg.service.segmenter import Segmenter
+        from encseg.service.server import GuardedH11Protocol
+
+        probe = Segmenter.from_checkpoint(checkpoint, device="cpu", crop=crop or None)  # refuse a bad one before forking
+        if crop and crop % probe.info.patch_size:
+            raise UserError(f"--crop {crop} is not a multiple of the model's patch size {probe.info.patch_size}")
+        del probe
         typer.echo(f"serving {checkpoint} on http://{host}:{port}/ with {workers} workers", err=True)
-        uvicorn.run("encseg.service.app:app_from_env", factory=True, host=host, port=port, workers=workers,
-                    access_log=False, log_config=log_config(log_level), log_level=log_level)
+        _run(uvicorn, "encseg.service.app:app_from_env", factory=True, workers=workers, http=GuardedH11Protocol, **options)
+
+
+def _check_crop(app, crop: int) -> None:
+    patch = app.state.segmenter.info.patch_size
+    if crop and crop % patch:
+        raise UserError(f"--crop {crop} is not a multiple of the model's patch size {patch}")
+
+
+def _run(uvicorn, app, **options) -> None:
+    """uvicorn.run, with a port that cannot be bound reported as one line."""
+    try:
+        uvicorn.run(app, **options)
+    except OSError as exc:
+        raise UserError(f"cannot serve on {options.get('host')}:{options.get('port')}: {exc.strerror or exc}") from None
+    except SystemExit as exc:  # uvicorn exits 1 when it cannot bind (it has logged why)
+        if exc.code not in (0, None):
+            raise UserError(f"the server could not start on {options.get('host')}:{options.get('port')} (see above)") from None
 
 
 def _out_names(images: list[Path]) -> list[str]:
-    """Output stems: the input stem, numbered when two inputs share one."""
-    seen: dict[str, int] = {}
+    """Output stems, unique even on a case-insensitive file system: the input stem, numbered
+    (`x`, `x-1`, `x-2`, ...) when two inputs share one, skipping numbers another input already owns."""
+    taken = {p.stem.casefold() for p in images}
+    used: set[str] = set()
     names = []
     for p in images:
-        n = seen.get(p.stem, 0)
-        seen[p.stem] = n + 1
-        names.append(p.stem if n == 0 else f"{p.stem}-{n}")
+        stem, n = p.stem, 0
+        while stem.casefold() in used or (n and stem.casefold() in taken):  # leave other inputs their own names
+            n += 1
+            stem = f"{p.stem}-{n}"
+        used.add(stem.casefold())
+        names.append(stem)
     return names
 
 
@@ -107,32 +126,51 @@ def segment(
     out: Path = typer.Option(Path("segment-out"), "--out", "-o", help="folder for masks and overlays"),
     keep_key: bool = typer.Option(False, "--keep-key", help="write each image's key next to its outputs (0600)"),
     save_encrypted: bool = typer.Option(False, "--save-encrypted", help="also write what the server saw"),
+    fmt: str = typer.Option("png", "--format", help="how the ciphertext travels: png (lossless) or jpeg (5-8x fewer "
+                            "bytes; block size a multiple of 8; the label map still decrypts exactly)"),
+    quality: Optional[int] = typer.Option(None, help="JPEG quality 1-100 for --format jpeg (default 90)"),
     retries: int = typer.Option(4, help="retries on connection errors (exponential backoff)"),
 ) -> None:
     """Segment images privately: fresh key per image, encrypt, send, decrypt the label map, drop the key."""
     from tqdm import tqdm
 
     from encseg.cipher import Scheme, save_key
-    from encseg.cipher.io import encode_png, read_image, save_encrypted as write_encrypted, write_atomic
-    from encseg.service.client import HttpBackend, LocalBackend, default_scheme, segment_image
+    from encseg.cipher.io import check_transport, encode_png, read_image, save_encrypted as write_encrypted, write_atomic
+    from encseg.cipher.jpeg import DEFAULT_QUALITY
+    from encseg.service.client import HttpBackend, LocalBackend, _transport, default_scheme, segment_image
 
     if (server is None) == (local is None):
         raise UserError("pass exactly one of --server URL or --local CHECKPOINT")
+    fmt = _transport(fmt)
+    if quality is not None and fmt != "jpeg":
+        raise UserError("--quality applies to --format jpeg only (PNG is lossless)")
+    quality = DEFAULT_QUALITY if quality is None else quality
     if local is not None:
         from encseg.service.segmenter import Segmenter
 
-        backend = LocalBackend(Segmenter.from_checkpoint(local))
+        backend = LocalBackend(Segmenter.from_checkpoint(local), transport=fmt, quality=quality)
     else:
-        backend = HttpBackend(server, retries=retries)
+        backend = HttpBackend(server, retries=retries, transport=fmt, quality=quality)
     try:
         info = backend.info()
         s = default_scheme(info)
         if scheme is not None:
             s = Scheme.parse(scheme, block_size=block_size or s.block_size)
+        check_transport(s, fmt)  # once, before any image: JPEG needs a block size that is a multiple of 8
         palette = info.get("palette") or []
-        out.mkdir(parents=True, exist_ok=True)
+        if out.exists() and not out.is_dir():
+            raise UserError(f"--out {out} exists and is not a folder")
+        names = _out_names(images)
+        if keep_key:
+            existing = [out / f"{n}.key" for n in names if (out / f"{n}.key").exists()]
+            if existing:
+                raise UserError(f"{existing[0]} already exists; refusing to overwrite a key file (choose another --out)")
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"cannot create --out {out}: {exc.strerror}") from None
         failed = 0
-        bar = tqdm(list(zip(images, _out_names(images))), unit="img", disable=len(images) < 2, file=sys.stderr)
+        bar = tqdm(list(zip(images, names)), unit="img", disable=len(images) < 2, file=sys.stderr)
         for path, stem in bar:
             try:
                 img = read_image(path)
@@ -144,7 +182,8 @@ def segment(
             write_atomic(out / f"{stem}_mask.png", encode_png(res.mask))
             write_atomic(out / f"{stem}_overlay.png", encode_png(res.overlay))
             if save_encrypted:
-                write_encrypted(out / f"{stem}_encrypted.png", res.encrypted)
+                ext = "jpg" if fmt == "jpeg" else "png"  # the same bytes the backend was sent
+                write_encrypted(out / f"{stem}_encrypted.{ext}", res.encrypted, fmt, quality)
             if keep_key:
                 save_key(res.key, out / f"{stem}.key", overwrite=True)
             del res  # the key goes with it
