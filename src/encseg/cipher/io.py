@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, PngImagePlugin
+from PIL import Image, ImageOps, PngImagePlugin
 
 from encseg.cipher.jpeg import DEFAULT_QUALITY, check_block_size, encode_jpeg, is_jpeg, read_jpeg_header
 from encseg.cipher.scheme import FORMAT_VERSION, Scheme
@@ -45,8 +45,12 @@ def _describe_refusal(mode: str) -> str | None:
     return None
 
 
-def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, what: str = "image") -> np.ndarray:
-    """Decode image bytes into uint8 HxWx3 RGB, checking the pixel count before any decoding."""
+def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, what: str = "image",
+                 exif_orientation: bool = False) -> np.ndarray:
+    """Decode image bytes into uint8 HxWx3 RGB, checking the pixel count before any decoding.
+
+    With `exif_orientation` (plain images a person picked: read_image), the EXIF orientation is
+    applied, as the browser page does; the rules are docs/encryption-format.md section 11."""
     if not data:
         raise UserError(f"{what} is empty")
     hdr = png_header(data)
@@ -68,9 +72,11 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, what: str
             reason = _describe_refusal(im.mode)
             if reason:
                 raise UserError(f"{what}: {reason}")
-            if im.mode == "P" and "transparency" in im.info:
-                raise UserError(f"{what} has a transparent palette entry (alpha): flatten it first")
+            if "transparency" in im.info:  # a transparent palette entry or colour (PNG tRNS, GIF)
+                raise UserError(f"{what} has a transparent colour (alpha): flatten it onto a background first")
             im.load()
+            if exif_orientation:
+                im = ImageOps.exif_transpose(im)
             rgb = im.convert("RGB") if im.mode != "RGB" else im
             return np.asarray(rgb, dtype=np.uint8).copy()
     except UserError:
@@ -92,7 +98,7 @@ def read_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS)
         raise UserError(f"{path} is a directory, not an image") from None
     except OSError as exc:
         raise UserError(f"cannot read {path}: {exc.strerror}") from None
-    return decode_image(data, max_pixels=max_pixels, what=str(path))
+    return decode_image(data, max_pixels=max_pixels, what=str(path), exif_orientation=True)
 
 
 def require_png_path(path: str | os.PathLike) -> Path:
