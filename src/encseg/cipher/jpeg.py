@@ -8,8 +8,9 @@ and decrypts exactly; only the ciphertext's pixel values are lossy.
 `read_jpeg_header` walks every marker segment of the file without decoding anything and refuses
 (with a one-line reason and an HTTP-style status) whatever the format section does not allow:
 progressive or arithmetic coding, chroma subsampling, other than three components, too many pixels,
-malformed or truncated segments, Exif/ICC/thumbnail segments, oversized metadata. `decode_jpeg`
-decodes only a file that passed it.
+malformed or truncated segments, Exif/ICC/thumbnail segments, comments other than the one `encseg`
+COM segment, oversized metadata. `decode_jpeg` decodes only a file that passed it, and only its
+canonical form (the checked coding segments, without APP0 or COM), as the service does for PNG.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from __future__ import annotations
 import io
 import re
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image
@@ -28,8 +29,6 @@ DEFAULT_QUALITY = 90
 COM_PREFIX = b"encseg\x00"  # the COM segment holding the metadata JSON starts with these 7 bytes
 MAX_JSON_BYTES = 4096
 MAX_SEGMENTS = 64  # marker segments in the whole file (RSTn not counted)
-MAX_META_SEGMENTS = 8  # APP0, APP14 and COM segments together
-MAX_META_BYTES = 65536  # their payload bytes together
 MAX_SCANS = 3  # baseline sequential: every component appears in exactly one scan
 JPEG_MAGIC = b"\xff\xd8\xff"
 
@@ -62,6 +61,7 @@ class JpegHeader:
     component_ids: tuple[int, int, int]
     scans: int
     encseg_text: str | None  # the JSON of the `encseg` COM segment, if the file carries one
+    payload: bytes = field(default=b"", repr=False)  # canonical file: SOI, DQT/DHT/DRI/SOF0/APP14, scans, EOI
 
 
 def is_jpeg(data: bytes) -> bool:
@@ -175,8 +175,10 @@ def read_jpeg_header(data: bytes, *, max_pixels: int, max_side: int | None = Non
     pos = 2
     frame: tuple[int, int, tuple[int, int, int]] | None = None
     text: str | None = None
-    scans = segments = meta_segments = meta_bytes = 0
+    scans = segments = 0
+    seen_meta: set[int] = set()
     scanned: set[int] = set()
+    kept: list[bytes] = [b"\xff\xd8"]  # the canonical file the decoder will read
     while True:
         if pos >= n:
             raise JpegRefused(400, f"{what} is truncated (no EOI marker at its end)")
@@ -195,6 +197,7 @@ def read_jpeg_header(data: bytes, *, max_pixels: int, max_side: int | None = Non
                 raise JpegRefused(400, f"{what} is incomplete: its scans do not cover all three components")
             if pos != n:
                 raise JpegRefused(400, f"{what} has {n - pos} bytes after its end (EOI marker)")
+            kept.append(b"\xff\xd9")
             break
         if marker in (0x00, 0x01, 0xD8) or 0xD0 <= marker <= 0xD7:
             raise JpegRefused(400, f"{what} is malformed: unexpected marker FF{marker:02X} at byte {pos - 2}")
@@ -210,6 +213,7 @@ def read_jpeg_header(data: bytes, *, max_pixels: int, max_side: int | None = Non
         if segments > MAX_SEGMENTS:
             raise JpegRefused(400, f"{what} has more than {MAX_SEGMENTS} marker segments")
         body = data[pos + 2 : end]
+        keep = True
         if marker == 0xC0:
             if frame is not None:
                 raise JpegRefused(400, f"{what} has more than one frame header (SOF)")
@@ -231,21 +235,25 @@ def read_jpeg_header(data: bytes, *, max_pixels: int, max_side: int | None = Non
             found = _ENTROPY_END.search(data, end)
             if found is None:
                 raise JpegRefused(400, f"{what} is truncated (its entropy-coded data has no end marker)")
+            kept.append(b"\xff\xda" + data[pos:found.start()])
             pos = found.start()
             continue
-        elif marker in (0xE0, 0xEE, 0xFE):  # APP0 (JFIF), APP14 (Adobe), COM
-            meta_segments += 1
-            meta_bytes += len(body)
-            if meta_segments > MAX_META_SEGMENTS or meta_bytes > MAX_META_BYTES:
-                raise JpegRefused(
-                    400, f"{what} carries too much metadata (at most {MAX_META_SEGMENTS} APP0/APP14/COM segments, "
-                    f"{MAX_META_BYTES} bytes in all)",
-                )
-            if marker == 0xFE and body.startswith(COM_PREFIX):
-                if text is not None:
-                    raise JpegRefused(400, f"{what} carries two encseg metadata segments")
-                if scans:
-                    raise JpegRefused(400, f"{what}'s encseg metadata comes after the first scan")
+        elif marker in (0xE0, 0xEE, 0xFE):  # APP0 (JFIF), APP14 (Adobe), COM (encseg): one each, before the scans
+            name = {0xE0: "APP0", 0xEE: "APP14", 0xFE: "COM"}[marker]
+            if marker in seen_meta:
+                raise JpegRefused(400, f"{what} has two {name} segments (an encrypted JPEG has at most one of each)")
+            if scans:
+                raise JpegRefused(400, f"{what} has a {name} segment after its first scan")
+            seen_meta.add(marker)
+            keep = marker == 0xEE  # the Adobe segment says whether the samples are RGB or YCbCr
+            if marker == 0xE0:
+                _check_jfif(body, what)
+            elif marker == 0xEE:
+                _check_adobe(body, what)
+            else:
+                if not body.startswith(COM_PREFIX):
+                    raise JpegRefused(400, f"{what} has a comment (COM) that is not encseg metadata; an encrypted "
+                                           "JPEG carries no other text")
                 text = _metadata_text(body, what)
         elif 0xE1 <= marker <= 0xEF:
             raise JpegRefused(
@@ -261,9 +269,25 @@ def read_jpeg_header(data: bytes, *, max_pixels: int, max_side: int | None = Non
             raise JpegRefused(415, f"{what} is hierarchical (DHP/EXP); {_ONLY}")
         else:
             raise JpegRefused(400, f"{what} has a reserved or unknown marker FF{marker:02X}")
+        if keep:
+            kept.append(bytes((0xFF, marker)) + data[pos:end])
         pos = end
     width, height, ids = frame
-    return JpegHeader(width, height, ids, scans, text)
+    return JpegHeader(width, height, ids, scans, text, b"".join(kept))
+
+
+def _check_jfif(body: bytes, what: str) -> None:
+    """APP0 is a JFIF header (version, density) without a thumbnail."""
+    if not body.startswith(b"JFIF\x00") or len(body) < 14:
+        raise JpegRefused(400, f"{what} has an APP0 segment that is not a JFIF header (JFXX thumbnails are refused)")
+    if body[12] or body[13] or len(body) != 14:
+        raise JpegRefused(400, f"{what}'s JFIF header carries a thumbnail; an encrypted JPEG carries none")
+
+
+def _check_adobe(body: bytes, what: str) -> None:
+    """APP14 is Adobe's 12-byte colour-transform segment (transform 0: RGB, 1: YCbCr)."""
+    if not body.startswith(b"Adobe") or len(body) != 12 or body[11] > 1:
+        raise JpegRefused(400, f"{what} has an APP14 segment that is not an Adobe RGB/YCbCr marker")
 
 
 def decode_jpeg(data: bytes, header: JpegHeader, what: str = "the JPEG") -> np.ndarray:
@@ -272,7 +296,7 @@ def decode_jpeg(data: bytes, header: JpegHeader, what: str = "the JPEG") -> np.n
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data), formats=["JPEG"]) as im:
+            with Image.open(io.BytesIO(header.payload or data), formats=["JPEG"]) as im:
                 im.load()
                 if im.mode != "RGB" or im.size != (header.width, header.height):
                     raise JpegRefused(415, f"{what} decodes as {im.mode} {im.size}; expected 8-bit RGB")
