@@ -29,6 +29,13 @@ CASES = [
     ("09-cs-np-bs-p2", "cs-np-bs", 2, 6, 6, "steps in another order: per-block draws indexed before scrambling"),
     ("10-np-ps2-bs-p4", "np-ps2-bs", 4, 8, 8, "NP first, restricted PS q=2, then BS"),
     ("11-bs-1x1", "bs-ps-np-cs", 4, 1, 1, "a single pixel, padded to one block"),
+    # format v2: block-pixel-shuffle, one pixel permutation per block
+    ("12-bs-psb-np-cs-p4", "bs-psb-np-cs", 4, 8, 12, "v2: one pixel permutation per block, 2x3 blocks"),
+    ("13-bs-psb4-np-cs-pad-p8", "bs-psb4-np-cs", 8, 13, 17,
+     "v2: per-block permutation of 4x4 sub-block positions, padded to 16x24"),
+    ("14-np-psb2-bs-p4", "np-psb2-bs", 4, 8, 12,
+     "v2, another order: per-block permutations (q=2) indexed before scrambling, then BS"),
+    ("15-psb-np-cs-pad", "psb-np-cs", 4, 10, 7, "v2 without block scrambling, with edge-replicate padding"),
 ]
 
 
@@ -45,11 +52,12 @@ def make(name: str, text: str, p: int, h: int, w: int, description: str) -> dict
     enc = encrypt(img, key, scheme)
     H, W = enc.data.shape[:2]
     plan = make_plan(key, scheme, H // p, W // p)
-    draws = {k: [int(v) for v in np.asarray(d).astype(np.int64)] for k, d in plan.draws.items()}
+    # block-pixel-shuffle's draw is n permutations: recorded flat, block by block
+    draws = {k: [int(v) for v in np.ravel(d).astype(np.int64)] for k, d in plan.draws.items()}
     return {
         "name": name,
         "description": description,
-        "format_version": 1,
+        "format_version": scheme.version,
         "key": key.hex(),
         "scheme": scheme.to_dict(),
         "scheme_name": scheme.name,

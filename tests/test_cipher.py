@@ -3,6 +3,7 @@
 import hashlib
 import os
 import pickle
+import re
 import stat
 
 import numpy as np
@@ -18,13 +19,15 @@ from encseg.cipher.reference import reference_encrypt
 from encseg.errors import UserError
 
 PRESET_NAMES = list(PRESETS)
+V2_PRESETS = [n for n in PRESET_NAMES if Scheme.parse(n).version == 2]
 
 
 def scheme_strategy():
     @st.composite
     def build(draw):
-        name = draw(st.sampled_from(PRESET_NAMES + ["cs-np-bs", "np-ps2-bs", "ps2-cs"]))
-        sizes = [p for p in (1, 2, 4, 8, 16) if not any(c.isdigit() for c in name) or p % 4 == 0 or ("ps2" in name and p % 2 == 0)]
+        name = draw(st.sampled_from(PRESET_NAMES + ["cs-np-bs", "np-ps2-bs", "ps2-cs", "np-psb2-bs", "cs-psb-bs-np"]))
+        groups = [int(g) for g in re.findall(r"[0-9]+", name)]
+        sizes = [p for p in (1, 2, 4, 8, 16) if all(p % g == 0 for g in groups)]
         return Scheme.parse(name, block_size=draw(st.sampled_from(sizes)))
 
     return build()
@@ -65,8 +68,9 @@ def test_label_map_follows_every_encrypted_pixel_back_to_where_it_came_from(name
     assert np.array_equal(decrypt_mask(encrypt_mask(labels, key, scheme), key, scheme, (8, 16)), labels)
 
 
-def test_decrypt_mask_handles_logits_in_numpy_and_torch_and_crops_padding():
-    scheme, key = Scheme.parse("bs-ps-np-cs", block_size=4), Key.generate()
+@pytest.mark.parametrize("name", ["bs-ps-np-cs", "bs-psb-np-cs", "bs-psb2-np-cs", "psb-bs"])
+def test_decrypt_mask_handles_logits_in_numpy_and_torch_and_crops_padding(name):
+    scheme, key = Scheme.parse(name, block_size=4), Key.generate()
     labels = np.random.default_rng(1).integers(0, 5, (10, 13)).astype(np.uint8)
     enc_labels = encrypt_mask(labels, key, scheme)
     assert enc_labels.shape == (12, 16)
@@ -79,15 +83,95 @@ def test_decrypt_mask_handles_logits_in_numpy_and_torch_and_crops_padding():
     assert np.array_equal(apply_geometry(apply_geometry(logits, key, scheme), key, scheme, inverse=True), logits)
 
 
-def test_same_key_same_output_and_different_keys_different_permutations():
+@pytest.mark.parametrize("name", ["bs-ps-np-cs", "bs-psb-np-cs"])
+def test_same_key_same_output_and_different_keys_different_permutations(name):
     img = np.random.default_rng(2).integers(0, 256, (64, 64, 3), dtype=np.uint8)
-    scheme = Scheme.parse("bs-ps-np-cs")
+    scheme = Scheme.parse(name)
     k1, k2 = Key.generate(), Key.generate()
     assert np.array_equal(encrypt(img, k1, scheme).data, encrypt(img, Key(k1.to_bytes()), scheme).data)
     p1, p2 = make_plan(k1, scheme, 4, 4), make_plan(k2, scheme, 4, 4)
     assert not np.array_equal(p1.block_src, p2.block_src)
-    assert not np.array_equal(p1.pixel_src, p2.pixel_src)
+    pixels = "pixel_src" if scheme.version == 1 else "block_pixel_src"
+    assert not np.array_equal(getattr(p1, pixels), getattr(p2, pixels))
     assert not np.array_equal(encrypt(img, k1, scheme).data, encrypt(img, k2, scheme).data)
+
+
+# -- format v2: block-pixel-shuffle, one pixel permutation per block -------------------------------
+
+@pytest.mark.parametrize("name,q", [("bs-psb-np-cs", 16), ("bs-psb4-np-cs", 4), ("psb2", 2)])
+def test_every_block_gets_its_own_pixel_permutation(name, q):
+    p, (nh, nw) = 16, (4, 8)
+    plan = make_plan(Key.generate(), Scheme.parse(name, block_size=p), nh, nw)
+    assert plan.pixel_src is None and plan.block_pixel_src.shape == (nh * nw, p * p)
+    rows = plan.block_pixel_src
+    assert all(np.array_equal(np.sort(r), np.arange(p * p)) for r in rows)  # each row is a permutation
+    r, c = np.divmod(np.arange(p * p), p)
+    sr, sc = np.divmod(rows, p)
+    assert (sr // q == r // q).all() and (sc // q == c // q).all()  # pixels stay in their q x q sub-block
+    # 32 draws from (q^2)! permutations: for q >= 4 (2.1e13 of them) two blocks sharing one is a 1e-11
+    # event; for q = 2 (24 of them) all 32 blocks sharing one (the v1 behaviour) is a 24^-31 event
+    distinct = len({tuple(row) for row in plan.draws["block-pixel-shuffle"].tolist()})
+    assert distinct == nh * nw if q >= 4 else distinct > 1
+
+
+@pytest.mark.parametrize("name", ["ps", "psb"])
+def test_a_tiled_image_shows_the_shared_permutation_of_v1_and_not_that_of_v2(name):
+    # every block of the plain image is the same 8x8 random tile: v1 pixel-shuffle maps it to one
+    # encrypted tile repeated (the leak v2 removes); block-pixel-shuffle gives every block another one
+    tile = np.random.default_rng(9).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    img = np.tile(tile, (4, 4, 1))
+    enc = encrypt(img, Key.generate(), Scheme.parse(name, block_size=8)).data
+    blocks = {enc[y:y + 8, x:x + 8].tobytes() for y in range(0, 32, 8) for x in range(0, 32, 8)}
+    assert len(blocks) == (1 if name == "ps" else 16)
+    # a pixel permutation moves pixels, never changes their values: every block keeps the tile's pixels
+    for y in range(0, 32, 8):
+        for x in range(0, 32, 8):
+            got = enc[y:y + 8, x:x + 8].reshape(-1, 3)
+            assert sorted(map(tuple, got)) == sorted(map(tuple, tile.reshape(-1, 3)))
+
+
+def test_block_constant_blocks_stay_constant_under_block_pixel_shuffle():
+    # each block one colour: no pixel permutation can change it, whatever the key
+    colours = np.random.default_rng(10).integers(0, 256, (3, 5, 3), dtype=np.uint8)
+    img = np.repeat(np.repeat(colours, 4, axis=0), 4, axis=1)
+    assert np.array_equal(encrypt(img, Key.generate(), Scheme.parse("psb", block_size=4)).data, img)
+
+
+def test_block_pixel_permutations_are_indexed_by_position_when_the_step_runs():
+    key, (nh, nw), p = Key.generate(), (3, 4), 4
+    before = make_plan(key, Scheme.parse("psb-bs", block_size=p), nh, nw)
+    after = make_plan(key, Scheme.parse("bs-psb", block_size=p), nh, nw)
+    perms = before.draws["block-pixel-shuffle"]  # same key, same step: the same n draws
+    assert np.array_equal(perms, after.draws["block-pixel-shuffle"])
+    assert np.array_equal(before.block_src, after.block_src)
+    # psb then bs: the block now at b was shuffled at its old position block_src[b]; bs then psb: at b
+    assert np.array_equal(before.block_pixel_src, perms[before.block_src])
+    assert np.array_equal(after.block_pixel_src, perms)
+
+
+def test_each_block_permutation_is_uniform_over_blocks():
+    # p = 2: 24 permutations of 4 positions; 4800 blocks of one key, chi-square with df = 23
+    plan = make_plan(Key(hashlib.sha256(b"psb-uniform").digest()), Scheme.parse("psb", block_size=2), 60, 80)
+    codes = plan.block_pixel_src @ np.array([64, 16, 4, 1])
+    counts = np.unique(codes, return_counts=True)[1]
+    assert counts.size == 24
+    expected = plan.block_pixel_src.shape[0] / 24
+    assert ((counts - expected) ** 2 / expected).sum() < 49.7  # 0.1% critical value, df = 23
+
+
+@pytest.mark.parametrize("name", PRESET_NAMES)
+def test_v1_presets_serialise_as_version_1_and_v2_presets_as_version_2(name):
+    d = Scheme.parse(name).to_dict()
+    assert d["version"] == (2 if name in V2_PRESETS else 1)
+    assert ("psb" in name) == (name in V2_PRESETS)
+
+
+def test_descriptor_versions_1_and_2_are_read_and_a_v2_step_needs_version_2():
+    psb = {"block_size": 8, "steps": [{"name": "block-pixel-shuffle", "group": 4}]}
+    assert Scheme.from_dict({**psb, "version": 2}) == Scheme.from_dict(psb) == Scheme.parse("psb4", block_size=8)
+    assert Scheme.from_dict({"version": 2, "block_size": 4, "steps": [{"name": "block-scramble"}]}).to_dict()["version"] == 1
+    with pytest.raises(UserError, match="needs scheme format version 2; the descriptor says 1"):
+        Scheme.from_dict({**psb, "version": 1})
 
 
 def test_block_positions_after_scrambling_are_uniform_over_keys():
@@ -165,7 +249,13 @@ def test_presets_round_trip_through_json_and_name(name):
     ("bs-xx", "unknown scheme"),
     ("bs-bs", "appears twice"),
     ("bs-ps5", "must divide the block size"),
-    ('{"version": 2, "steps": []}', "version"),
+    ('{"version": 3, "steps": []}', "version"),
+    ('{"version": true, "steps": []}', "version"),
+    ("bs-ps-psb-np", "not both"),
+    ("psb-ps4", "not both"),
+    ("bs-psb5", "must divide the block size"),
+    ("bs-psbx", "unknown scheme"),
+    ("bs-np2", "unknown scheme"),
     ('{"block_size": 16, "steps": [{"name": "rotate"}]}', "unknown step"),
     ('{"block_size": 16, "steps": [{"name": "negative-positive", "group": 2}]}', "only pixel-shuffle"),
     ('{"block_size": 0, "steps": []}', "block size"),
@@ -240,6 +330,36 @@ def test_c_kernel_rejects_buffers_that_do_not_match_the_grid():
         transform._kernel.apply(x, np.empty((8, 4, 3), np.uint8), 2, 2, 4, None, None, None, None, False)
     with pytest.raises(ValueError, match="out of range"):
         transform._kernel.apply(x, np.empty_like(x), 2, 2, 4, np.array([0, 1, 2, 9], np.int64), None, None, None, False)
+
+
+def test_c_kernel_rejects_per_block_pixel_gathers_out_of_range():
+    from encseg.cipher import transform
+
+    if not transform.kernel_available():
+        pytest.skip("the optional C kernel was not built")
+    x = np.zeros((8, 8, 3), np.uint8)
+    rows = np.tile(np.arange(16, dtype=np.int64), (4, 1))
+    transform._kernel.apply(x, np.empty_like(x), 2, 2, 4, None, rows, None, None, False)  # 4 x 16: per block
+    rows[3, 5] = 16
+    with pytest.raises(ValueError, match="out of range"):
+        transform._kernel.apply(x, np.empty_like(x), 2, 2, 4, None, rows, None, None, False)
+    with pytest.raises(ValueError):
+        transform._kernel.apply(x, np.empty_like(x), 2, 2, 4, None, rows[:3], None, None, False)
+
+
+@pytest.mark.parametrize("m", [1, 3, 16, 33, 256, 1024])
+def test_c_row_argsort_equals_numpy_stable_argsort_per_row(m):
+    from encseg.cipher import keystream
+
+    if keystream._kernel is None:
+        pytest.skip("the optional C kernel was not built")
+    rng = np.random.default_rng(m)
+    words = rng.integers(0, 2**63, (40, m), dtype=np.uint64) * 2
+    words[:5] = rng.integers(0, 3, (5, m)).astype(np.uint64) << np.uint64(60)  # ties, in the top bits only
+    words[5:8] = rng.integers(0, 3, (3, m)).astype(np.uint64)  # ties, in the low bits only (one bucket)
+    out = np.empty(words.shape, np.int64)
+    keystream._kernel.argsort_rows_u64(words.astype("<u8").tobytes(), out, m)
+    assert np.array_equal(out, np.argsort(words, axis=1, kind="stable"))
 
 
 @pytest.mark.parametrize("words", [

@@ -1,4 +1,4 @@
-"""The block-wise perceptual cipher (format v1): per-image keys, schemes, encryption, label-map geometry."""
+"""The block-wise perceptual cipher (formats v1 and v2): per-image keys, schemes, encryption, label-map geometry."""
 
 from encseg.cipher.keys import Key, load_key, save_key
 from encseg.cipher.keystream import CHANNEL_ORDERS, Plan, make_plan, step_stream

@@ -1,7 +1,8 @@
-/* encseg cipher kernel: one pass over the image for any format-v1 plan (see transform.py).
+/* encseg cipher kernel: one pass over the image for any format-v1 or v2 plan (see transform.py).
  *
  * Encrypted block b, pixel j, channel c  =  plain block src[b], pixel psrc[j], channel ord_b[c]  XOR  m_b
- * where m_b is 0xFF when block b is negated. Encryption gathers with that rule; decryption writes
+ * where m_b is 0xFF when block b is negated, and psrc is one p*p gather for every block (v1
+ * pixel-shuffle) or block b's own row of an n x p*p array (v2 block-pixel-shuffle). Encryption gathers with that rule; decryption writes
  * the same correspondence backwards. Built as an optional extension: transform.py falls back to
  * numpy when it is missing, and the tests check both paths against the vectors.
  */
@@ -79,9 +80,12 @@ static inline void row_copy(uint8_t *restrict d, const uint8_t *restrict s, Py_s
         row_copy_scalar(d, s, p, o, m);
 }
 
+/* poff: the byte offset in the image of each of a block's p*p positions from the block's origin, for
+ * one shared gather (per_block = 0) or for pixel k of any block (per_block = 1: then the gather of
+ * block b is psrc[b*p*p ...] and position j's offset is poff[psrc[b*p*p + j]]). */
 static void run(const uint8_t *in, uint8_t *out, Py_ssize_t nh, Py_ssize_t nw, Py_ssize_t p,
-                const int64_t *bsrc, const Py_ssize_t *poff, const uint8_t *neg, const uint8_t *ord,
-                int inverse) {
+                const int64_t *bsrc, const Py_ssize_t *poff, const int64_t *psrc, int per_block,
+                const uint8_t *neg, const uint8_t *ord, int inverse) {
     const Py_ssize_t stride = nw * p * 3, n = nh * nw;
     for (Py_ssize_t b = 0; b < n; b++) {
         const Py_ssize_t s = bsrc ? (Py_ssize_t)bsrc[b] : b;
@@ -100,6 +104,17 @@ static void run(const uint8_t *in, uint8_t *out, Py_ssize_t nh, Py_ssize_t nw, P
             /* pixel shuffle: gather the row's pixels into tmp (or scatter them from it), then one row_copy */
             uint8_t tmp[3 * 256];
             for (Py_ssize_t r = 0; r < p; r++) {
+                if (per_block) {
+                    const int64_t *ps = psrc + (b * p + r) * p;
+                    if (!inverse) {
+                        for (Py_ssize_t c = 0; c < p; c++) memcpy(tmp + 3 * c, in + poff0 + poff[ps[c]], 3);
+                        row_copy(out + eoff + r * stride, tmp, p, o, m);
+                    } else {
+                        row_copy(tmp, in + eoff + r * stride, p, INVERSE[o], m);
+                        for (Py_ssize_t c = 0; c < p; c++) memcpy(out + poff0 + poff[ps[c]], tmp + 3 * c, 3);
+                    }
+                    continue;
+                }
                 const Py_ssize_t *po = poff + r * p;
                 if (!inverse) {
                     for (Py_ssize_t c = 0; c < p; c++) memcpy(tmp + 3 * c, in + poff0 + po[c], 3);
@@ -125,7 +140,8 @@ static int opt_buffer(PyObject *obj, Py_buffer *view, Py_ssize_t need, Py_ssize_
     return 0;
 }
 
-/* apply(in, out, nh, nw, p, block_src|None, pixel_src|None, negate|None, orders|None, inverse) */
+/* apply(in, out, nh, nw, p, block_src|None, pixel_src|None, negate|None, orders|None, inverse)
+ * pixel_src holds p*p int64s (one gather for all blocks) or n*p*p (row b: block b's gather). */
 static PyObject *apply(PyObject *self, PyObject *args) {
     Py_buffer in, out, bs = {0}, ps = {0}, ng = {0}, od = {0};
     Py_ssize_t nh, nw, p;
@@ -140,7 +156,20 @@ static PyObject *apply(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "image buffers do not match the block grid");
         goto done;
     }
-    if (opt_buffer(bso, &bs, n, 8, "block_src") || opt_buffer(pso, &ps, p * p, 8, "pixel_src") ||
+    /* a pixel_src of n*p*p int64s is one gather per block; with n == 1 both readings are the same */
+    const Py_ssize_t pp = p * p;
+    Py_ssize_t ps_count = pp;
+    if (pso != Py_None && n > 1 && PyObject_CheckBuffer(pso)) {
+        Py_buffer probe;
+        if (PyObject_GetBuffer(pso, &probe, PyBUF_SIMPLE) == 0) {
+            if (probe.len == n * pp * 8) ps_count = n * pp;
+            PyBuffer_Release(&probe);
+        } else {
+            PyErr_Clear();
+        }
+    }
+    const int per_block = ps_count != pp;
+    if (opt_buffer(bso, &bs, n, 8, "block_src") || opt_buffer(pso, &ps, ps_count, 8, "pixel_src") ||
         opt_buffer(ngo, &ng, n, 1, "negate") || opt_buffer(odo, &od, n, 1, "orders"))
         goto done;
     const int64_t *bsrc = bs.buf, *psrc = ps.buf;
@@ -150,15 +179,17 @@ static PyObject *apply(PyObject *self, PyObject *args) {
     for (Py_ssize_t b = 0; ord && b < n; b++)
         if (ord[b] > 5) { PyErr_SetString(PyExc_ValueError, "orders out of range"); goto done; }
     if (psrc) {
-        poff = PyMem_Malloc(sizeof(Py_ssize_t) * p * p);
+        poff = PyMem_Malloc(sizeof(Py_ssize_t) * pp);
         if (!poff) { PyErr_NoMemory(); goto done; }
-        for (Py_ssize_t j = 0; j < p * p; j++) {
-            if (psrc[j] < 0 || psrc[j] >= p * p) { PyErr_SetString(PyExc_ValueError, "pixel_src out of range"); goto done; }
-            poff[j] = (psrc[j] / p) * nw * p * 3 + (psrc[j] % p) * 3;
+        for (Py_ssize_t j = 0; j < ps_count; j++)
+            if (psrc[j] < 0 || psrc[j] >= pp) { PyErr_SetString(PyExc_ValueError, "pixel_src out of range"); goto done; }
+        for (Py_ssize_t j = 0; j < pp; j++) { /* per block: offsets of positions k; else of psrc[j] */
+            const Py_ssize_t k = per_block ? j : (Py_ssize_t)psrc[j];
+            poff[j] = (k / p) * nw * p * 3 + (k % p) * 3;
         }
     }
     Py_BEGIN_ALLOW_THREADS
-    run(in.buf, out.buf, nh, nw, p, bsrc, poff, ng.buf, ord, inverse);
+    run(in.buf, out.buf, nh, nw, p, bsrc, poff, psrc, per_block, ng.buf, ord, inverse);
     Py_END_ALLOW_THREADS
     result = Py_NewRef(Py_None);
 done:
@@ -225,7 +256,85 @@ done:
     return result;
 }
 
+/* argsort_rows_u64(words: n*m little-endian uint64 bytes, out: n*m int64 buffer, m).
+ * Row b of out lists 0..m-1 sorted by (k_{b,i}, i): format v2's one permutation per block. Within a
+ * row, a stable counting pass on the top `bits` bits (about log2 m), then a stable insertion sort on
+ * the whole word: the words are AES output, so after the first pass a row is nearly sorted. */
+static void sort_row(const uint8_t *b, int64_t *idx, Py_ssize_t m, int bits, uint64_t *k, uint64_t *k2, int64_t *i2,
+                     uint32_t *count) {
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    memcpy(k, b, sizeof(uint64_t) * (size_t)m);
+#else
+    for (Py_ssize_t i = 0; i < m; i++) {
+        uint64_t v = 0;
+        for (int j = 7; j >= 0; j--) v = (v << 8) | b[8 * i + j];
+        k[i] = v;
+    }
+#endif
+    if (bits) {
+        const int shift = 64 - bits;
+        const size_t nb = (size_t)1 << bits;
+        memset(count, 0, sizeof(uint32_t) * (nb + 1));
+        for (Py_ssize_t i = 0; i < m; i++) count[(k[i] >> shift) + 1]++;
+        for (size_t d = 0; d < nb; d++) count[d + 1] += count[d];
+        for (Py_ssize_t i = 0; i < m; i++) {
+            const uint32_t pos = count[k[i] >> shift]++;
+            k2[pos] = k[i];
+            i2[pos] = i;
+        }
+        memcpy(k, k2, sizeof(uint64_t) * m);
+        memcpy(idx, i2, sizeof(int64_t) * m);
+    } else {
+        for (Py_ssize_t i = 0; i < m; i++) idx[i] = i;
+    }
+    for (Py_ssize_t i = 1; i < m; i++) { /* strict '>' keeps equal words in index order */
+        const uint64_t v = k[i];
+        const int64_t x = idx[i];
+        Py_ssize_t j = i;
+        while (j > 0 && k[j - 1] > v) { k[j] = k[j - 1]; idx[j] = idx[j - 1]; j--; }
+        k[j] = v;
+        idx[j] = x;
+    }
+}
+
+static PyObject *argsort_rows_u64(PyObject *self, PyObject *args) {
+    Py_buffer in, out;
+    Py_ssize_t m;
+    if (!PyArg_ParseTuple(args, "y*w*n", &in, &out, &m)) return NULL;
+    PyObject *result = NULL;
+    uint64_t *k = NULL, *k2 = NULL;
+    int64_t *i2 = NULL;
+    uint32_t *count = NULL;
+    if (m <= 0 || in.len % (8 * m) || out.len != in.len) {
+        PyErr_SetString(PyExc_ValueError, "words must be n*m*8 bytes and out n*m int64s, m >= 1");
+        goto done;
+    }
+    int bits = 0; /* no counting pass for short rows; else about one bucket per word, at most 2^16 */
+    while (m > 32 && bits < 16 && ((Py_ssize_t)1 << (bits + 1)) <= m) bits++;
+    k = PyMem_Malloc(sizeof(uint64_t) * m);
+    k2 = PyMem_Malloc(sizeof(uint64_t) * m);
+    i2 = PyMem_Malloc(sizeof(int64_t) * m);
+    count = PyMem_Malloc(sizeof(uint32_t) * (((size_t)1 << bits) + 1));
+    if (!k || !k2 || !i2 || !count) { PyErr_NoMemory(); goto done; }
+    const Py_ssize_t rows = in.len / (8 * m);
+    const uint8_t *b = in.buf;
+    int64_t *idx = out.buf;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t r = 0; r < rows; r++) sort_row(b + 8 * m * r, idx + m * r, m, bits, k, k2, i2, count);
+    Py_END_ALLOW_THREADS
+    result = Py_NewRef(Py_None);
+done:
+    PyMem_Free(k);
+    PyMem_Free(k2);
+    PyMem_Free(i2);
+    PyMem_Free(count);
+    PyBuffer_Release(&in);
+    PyBuffer_Release(&out);
+    return result;
+}
+
 static PyMethodDef methods[] = {
+    {"argsort_rows_u64", argsort_rows_u64, METH_VARARGS, "Stable argsort of each row of m little-endian uint64 words."},
     {"stable_argsort_u64", stable_argsort_u64, METH_VARARGS, "Stable argsort of little-endian uint64 words."},
     {"apply", apply, METH_VARARGS, "Encrypt (inverse=False) or decrypt a padded uint8 image with a fused plan."},
     {NULL, NULL, 0, NULL},

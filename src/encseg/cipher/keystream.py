@@ -1,5 +1,6 @@
-"""The key stream of format v1: an HKDF-SHA256 sub-key per step, AES-256-CTR over zero bytes, and the
-draws made from it (permutations, negate bits, channel orders). See docs/encryption-format.md."""
+"""The key stream of formats v1 and v2: an HKDF-SHA256 sub-key per step, AES-256-CTR over zero bytes,
+and the draws made from it (permutations, one permutation per block, negate bits, channel orders).
+See docs/encryption-format.md."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from encseg.cipher.keys import Key
 from encseg.cipher.scheme import (
+    BLOCK_PIXEL_SHUFFLE,
     BLOCK_SCRAMBLE,
     CHANNEL_SHUFFLE,
     NEGATIVE_POSITIVE,
@@ -28,7 +30,7 @@ try:  # the optional C kernel (setup.py): same bytes as the numpy paths, faster;
 except ImportError:
     _kernel = None
 
-SALT = b"encseg/v1"
+SALT = b"encseg/v1"  # the derivation's fixed label, for every step of every format version (v2 too)
 # The six channel orders, lexicographic: RGB, RBG, GRB, GBR, BRG, BGR. out[c] = in[order[c]].
 CHANNEL_ORDERS = np.array(list(permutations(range(3))), dtype=np.intp)
 _CS_LIMIT = 2**32 - (2**32 % 6)  # words >= this are dropped so `u mod 6` is uniform
@@ -51,6 +53,17 @@ def draw_permutation(key: Key, step_name: str, n: int) -> np.ndarray:
     return np.argsort(np.frombuffer(data, dtype="<u8"), kind="stable")
 
 
+def draw_block_permutations(key: Key, n: int, m: int) -> np.ndarray:
+    """n permutations of m (format v2, block-pixel-shuffle), one row per block: row b is the stable
+    argsort of little-endian uint64 words [b*m, (b+1)*m) of the step's stream."""
+    data = step_stream(key, BLOCK_PIXEL_SHUFFLE, 8 * n * m)
+    if _kernel is not None and hasattr(_kernel, "argsort_rows_u64"):
+        out = np.empty((n, m), np.int64)
+        _kernel.argsort_rows_u64(data, out, m)
+        return out
+    return np.argsort(np.frombuffer(data, dtype="<u8").reshape(n, m), axis=1, kind="stable")
+
+
 def draw_negate_bits(key: Key, n: int) -> np.ndarray:
     """One bool per block: bit 0 of a little-endian uint32 word."""
     words = np.frombuffer(step_stream(key, NEGATIVE_POSITIVE, 4 * n), dtype="<u4")
@@ -69,20 +82,41 @@ def draw_channel_orders(key: Key, n: int) -> np.ndarray:
 
 
 def expand_group_permutation(perm_q: np.ndarray, p: int, q: int) -> np.ndarray:
-    """The p*p gather that applies a permutation of q*q positions inside every q x q sub-block."""
+    """The p*p gather that applies a permutation of q*q positions inside every q x q sub-block
+    (along the last axis: one row of permutations, one per block, gives one row of gathers)."""
     r, c = np.divmod(np.arange(p * p), p)
     j = (r % q) * q + (c % q)
-    sr, sc = np.divmod(perm_q[j], q)
+    sr, sc = np.divmod(perm_q[..., j], q)
     return ((r // q) * q + sr) * p + (c // q) * q + sc
+
+
+def _block_pixel_gathers(perms: np.ndarray, q: int, origin_then: np.ndarray, origin: np.ndarray, p: int) -> np.ndarray:
+    """The n x p*p pixel gathers by final block position, from the permutations drawn by position when
+    block-pixel-shuffle ran (when `origin_then` mapped positions to original blocks): one row gather,
+    fused with the expansion of a q*q permutation to every q x q sub-block, and none when no block moved since."""
+    then = np.empty_like(origin_then)
+    then[origin_then] = np.arange(origin_then.size)  # original block -> its position when the step ran
+    rows = then[origin]  # final position -> that position
+    moved = not np.array_equal(rows, np.arange(rows.size))
+    if q == p:
+        return perms[rows] if moved else perms
+    r, c = np.divmod(np.arange(p * p), p)
+    base = (r // q) * q * p + (c // q) * q  # the top-left pixel of each position's sub-block
+    offset = np.arange(q * q) // q * p + np.arange(q * q) % q  # a sub-block position's offset from it
+    j = (r % q) * q + (c % q)  # each position's index inside its sub-block
+    picked = perms[rows[:, None], j] if moved else perms[:, j]
+    return base + offset[picked]
 
 
 @dataclass(frozen=True, repr=False)
 class Plan:
     """What a key does to an image of nh x nw blocks, fused into one gather and per-block flips.
 
-    Encrypted block b is original block `block_src[b]` with its pixels gathered by `pixel_src`,
-    channels reordered by CHANNEL_ORDERS[orders[b]] and negated where `negate[b]`. `draws` keeps each
-    step's raw draw (for test vectors). Holds no key; still derived from one, so it is not printed.
+    Encrypted block b is original block `block_src[b]` with its pixels gathered by `pixel_src` (one
+    p*p gather for every block, pixel-shuffle) or by its own row `block_pixel_src[b]` (an n x p*p
+    array, block-pixel-shuffle; at most one of the two is set), channels reordered by
+    CHANNEL_ORDERS[orders[b]] and negated where `negate[b]`. `draws` keeps each step's raw draw (for
+    test vectors). Holds no key; still derived from one, so it is not printed.
     """
 
     block_size: int
@@ -92,6 +126,7 @@ class Plan:
     negate: np.ndarray | None
     orders: np.ndarray | None
     draws: dict
+    block_pixel_src: np.ndarray | None = None
 
     def __repr__(self) -> str:
         return f"Plan(block_size={self.block_size}, grid={self.grid})"
@@ -101,7 +136,7 @@ def make_plan(key: Key, scheme: Scheme, nh: int, nw: int) -> Plan:
     """Derive every draw for an image of nh x nw blocks and fuse the steps (see Plan)."""
     p, n = scheme.block_size, nh * nw
     origin = np.arange(n)  # origin[b]: which original block sits at position b right now
-    block_src = pixel_src = negate = orders = None
+    block_src = pixel_src = block_pixel = negate = orders = None
     draws: dict = {}
     for step in scheme.steps:
         if step.name == BLOCK_SCRAMBLE:
@@ -114,6 +149,11 @@ def make_plan(key: Key, scheme: Scheme, nh: int, nw: int) -> Plan:
             perm = draw_permutation(key, PIXEL_SHUFFLE, q * q)
             draws[step.name] = perm
             pixel_src = perm if q == p else expand_group_permutation(perm, p, q)
+        elif step.name == BLOCK_PIXEL_SHUFFLE:
+            q = step.group or p
+            perms = draw_block_permutations(key, n, q * q)  # row b: the block at position b now
+            draws[step.name] = perms
+            block_pixel = (perms, q, origin)  # expanded once, at the end, by final position
         elif step.name == NEGATIVE_POSITIVE:
             bits = draw_negate_bits(key, n)
             draws[step.name] = bits
@@ -129,4 +169,6 @@ def make_plan(key: Key, scheme: Scheme, nh: int, nw: int) -> Plan:
         negate = negate[origin]
     if orders is not None:
         orders = orders[origin]
-    return Plan(p, (nh, nw), block_src, pixel_src, negate, orders, draws)
+    if block_pixel is not None:
+        block_pixel = _block_pixel_gathers(*block_pixel, origin, p)
+    return Plan(p, (nh, nw), block_src, pixel_src, negate, orders, draws, block_pixel)

@@ -1,4 +1,4 @@
-"""A literal, block-by-block reading of docs/encryption-format.md: slow on purpose.
+"""A literal, block-by-block reading of docs/encryption-format.md (formats v1 and v2): slow on purpose.
 
 The tests use it as an oracle independent of the fused implementation in transform.py, and
 benchmarks/bench_cipher.py uses it as the loop-over-blocks baseline that public scripts follow.
@@ -22,6 +22,12 @@ def _perm(key: Key, name: str, m: int) -> list[int]:
     data = step_stream(key, name, 8 * m)
     words = struct.unpack(f"<{m}Q", data)
     return sorted(range(m), key=lambda i: (words[i], i))
+
+
+def _block_perms(key: Key, n: int, m: int) -> list[list[int]]:
+    """Format v2: block b's permutation sorts words [b*m, (b+1)*m) of the block-pixel-shuffle stream."""
+    words = struct.unpack(f"<{n * m}Q", step_stream(key, "block-pixel-shuffle", 8 * n * m))
+    return [sorted(range(m), key=lambda i: (words[b * m + i], i)) for b in range(n)]
 
 
 def _bits(key: Key, n: int) -> list[int]:
@@ -66,6 +72,10 @@ def reference_encrypt(img: np.ndarray, key: Key, scheme: Scheme) -> np.ndarray:
             q = step.group or p
             src = _pixel_gather(_perm(key, step.name, q * q), p, q)
             blocks = [blk.reshape(p * p, 3)[src].reshape(p, p, 3) for blk in blocks]
+        elif step.name == "block-pixel-shuffle":
+            q = step.group or p
+            perms = _block_perms(key, n, q * q)  # perms[b]: for the block at position b now
+            blocks = [blk.reshape(p * p, 3)[_pixel_gather(perms[b], p, q)].reshape(p, p, 3) for b, blk in enumerate(blocks)]
         elif step.name == "negative-positive":
             bits = _bits(key, n)
             blocks = [255 - blk if bit else blk for blk, bit in zip(blocks, bits)]
@@ -95,6 +105,11 @@ def reference_decrypt(enc: np.ndarray, key: Key, scheme: Scheme, original_size: 
             q = step.group or p
             inv = np.argsort(_pixel_gather(_perm(key, step.name, q * q), p, q))
             blocks = [blk.reshape(p * p, 3)[inv].reshape(p, p, 3) for blk in blocks]
+        elif step.name == "block-pixel-shuffle":
+            q = step.group or p
+            perms = _block_perms(key, n, q * q)
+            blocks = [blk.reshape(p * p, 3)[np.argsort(_pixel_gather(perms[b], p, q))].reshape(p, p, 3)
+                      for b, blk in enumerate(blocks)]
         elif step.name == "negative-positive":
             blocks = [255 - blk if bit else blk for blk, bit in zip(blocks, _bits(key, n))]
         elif step.name == "channel-shuffle":

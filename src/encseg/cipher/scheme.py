@@ -3,19 +3,31 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 
 from encseg.errors import UserError
 
+# Format versions (docs/encryption-format.md, "Format v2"). v2 is v1 plus one step; nothing of v1
+# changed. A scheme descriptor's "version" is the lowest version that has all of its steps
+# (`Scheme.version`), so every v1 scheme still serialises with "version": 1. FORMAT_VERSION is the
+# base format and the version of the encrypted file's metadata object (section 8), whose layout did
+# not change: it stays 1 for every file. FORMAT_VERSIONS are the descriptor versions this reads.
 FORMAT_VERSION = 1
+FORMAT_VERSIONS = (1, 2)
 
 BLOCK_SCRAMBLE = "block-scramble"
 PIXEL_SHUFFLE = "pixel-shuffle"
+BLOCK_PIXEL_SHUFFLE = "block-pixel-shuffle"  # format v2: one pixel permutation per block
 NEGATIVE_POSITIVE = "negative-positive"
 CHANNEL_SHUFFLE = "channel-shuffle"
-STEP_NAMES = (BLOCK_SCRAMBLE, PIXEL_SHUFFLE, NEGATIVE_POSITIVE, CHANNEL_SHUFFLE)
-GEOMETRIC_STEPS = (BLOCK_SCRAMBLE, PIXEL_SHUFFLE)
-_CODES = {"bs": BLOCK_SCRAMBLE, "ps": PIXEL_SHUFFLE, "np": NEGATIVE_POSITIVE, "cs": CHANNEL_SHUFFLE}
+STEP_NAMES = (BLOCK_SCRAMBLE, PIXEL_SHUFFLE, BLOCK_PIXEL_SHUFFLE, NEGATIVE_POSITIVE, CHANNEL_SHUFFLE)
+STEP_VERSIONS = {BLOCK_SCRAMBLE: 1, PIXEL_SHUFFLE: 1, BLOCK_PIXEL_SHUFFLE: 2, NEGATIVE_POSITIVE: 1, CHANNEL_SHUFFLE: 1}
+GEOMETRIC_STEPS = (BLOCK_SCRAMBLE, PIXEL_SHUFFLE, BLOCK_PIXEL_SHUFFLE)
+GROUPED_STEPS = (PIXEL_SHUFFLE, BLOCK_PIXEL_SHUFFLE)  # the steps that take `group`
+_CODES = {"bs": BLOCK_SCRAMBLE, "ps": PIXEL_SHUFFLE, "psb": BLOCK_PIXEL_SHUFFLE, "np": NEGATIVE_POSITIVE,
+          "cs": CHANNEL_SHUFFLE}
+_CODE_RE = re.compile(r"(bs|psb|ps|np|cs)([0-9]*)")
 
 PRESETS: dict[str, str] = {
     "plain": "no encryption (the identity; for baselines)",
@@ -25,13 +37,17 @@ PRESETS: dict[str, str] = {
     "ps-np-cs": "pixel shuffling + NP + CS, blocks keep their positions",
     "bs-ps4-np-cs": "all four steps, pixel shuffling restricted to 4x4 sub-blocks",
     "ps4-np-cs": "restricted (4x4) pixel shuffling + NP + CS, blocks keep their positions",
+    "bs-psb-np-cs": "all four steps, one pixel permutation per block (format v2)",
+    "bs-psb4-np-cs": "all four steps, one pixel permutation per block restricted to 4x4 sub-blocks (format v2)",
+    "psb-np-cs": "one pixel permutation per block + NP + CS, blocks keep their positions (format v2)",
 }
 DEFAULT_SCHEME = "bs-np-cs"
 
 
 @dataclass(frozen=True)
 class Step:
-    """One step of a scheme. `group` (pixel-shuffle only) restricts shuffling to group x group sub-blocks."""
+    """One step of a scheme. `group` (pixel-shuffle, block-pixel-shuffle) restricts shuffling to group x
+    group sub-blocks."""
 
     name: str
     group: int | None = None
@@ -67,10 +83,12 @@ class Scheme:
                 raise UserError(f"step {s.name!r} appears twice; each step may appear once")
             seen.add(s.name)
             if s.group is not None:
-                if s.name != PIXEL_SHUFFLE:
-                    raise UserError(f"only {PIXEL_SHUFFLE} takes a group (got one for {s.name})")
-                if not isinstance(s.group, int) or s.group < 1 or p % s.group:
-                    raise UserError(f"pixel-shuffle group {s.group} must divide the block size {p}")
+                if s.name not in GROUPED_STEPS:
+                    raise UserError(f"only {' and '.join(GROUPED_STEPS)} take a group (got one for {s.name})")
+                if not isinstance(s.group, int) or isinstance(s.group, bool) or s.group < 1 or p % s.group:
+                    raise UserError(f"{s.name} group {s.group} must divide the block size {p}")
+        if PIXEL_SHUFFLE in seen and BLOCK_PIXEL_SHUFFLE in seen:
+            raise UserError(f"a scheme has {PIXEL_SHUFFLE} or {BLOCK_PIXEL_SHUFFLE}, not both (each shuffles the pixels of every block)")
 
     # -- names and text forms -------------------------------------------------------------------
     @property
@@ -79,12 +97,17 @@ class Scheme:
         return "-".join(s.code for s in self.steps) or "plain"
 
     @property
+    def version(self) -> int:
+        """The format version this scheme needs: the highest of its steps' (1 for every v1 scheme)."""
+        return max((STEP_VERSIONS[s.name] for s in self.steps), default=1)
+
+    @property
     def moves_pixels(self) -> bool:
         return any(s.name in GEOMETRIC_STEPS for s in self.steps)
 
     @classmethod
     def parse(cls, text: str, block_size: int = 16) -> "Scheme":
-        """A preset name or any `-`-joined code list (bs, ps, ps<q>, np, cs), or a JSON descriptor."""
+        """A preset name or any `-`-joined code list (bs, ps, ps<q>, psb, psb<q>, np, cs), or a JSON descriptor."""
         text = text.strip()
         if text.startswith("{"):
             return cls.from_json(text)
@@ -92,16 +115,16 @@ class Scheme:
             return cls(block_size, ())
         steps = []
         for code in text.split("-"):
-            base, digits = code[:2], code[2:]
-            if base not in _CODES or (digits and (base != "ps" or not digits.isdigit())):
+            m = _CODE_RE.fullmatch(code)
+            if not m or (m[2] and _CODES[m[1]] not in GROUPED_STEPS):
                 raise UserError(
-                    f"unknown scheme {text!r}: use a preset ({', '.join(PRESETS)}) or codes bs, ps, ps<q>, np, cs joined by '-'"
+                    f"unknown scheme {text!r}: use a preset ({', '.join(PRESETS)}) or codes bs, ps, ps<q>, psb, psb<q>, np, cs joined by '-'"
                 )
-            steps.append(Step(_CODES[base], int(digits) if digits else None))
+            steps.append(Step(_CODES[m[1]], int(m[2]) if m[2] else None))
         return cls(block_size, tuple(steps))
 
     def to_dict(self) -> dict:
-        return {"version": FORMAT_VERSION, "block_size": self.block_size, "steps": [s.to_dict() for s in self.steps]}
+        return {"version": self.version, "block_size": self.block_size, "steps": [s.to_dict() for s in self.steps]}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), separators=(",", ":"))
@@ -110,8 +133,9 @@ class Scheme:
     def from_dict(cls, d: dict) -> "Scheme":
         if not isinstance(d, dict):
             raise UserError("a scheme descriptor is a JSON object")
-        if d.get("version", FORMAT_VERSION) != FORMAT_VERSION:
-            raise UserError(f"scheme format version {d.get('version')!r} is not supported (this is v{FORMAT_VERSION})")
+        version = d.get("version")  # absent: the version the steps need
+        if "version" in d and (isinstance(version, bool) or version not in FORMAT_VERSIONS):
+            raise UserError(f"scheme format version {version!r} is not supported (this reads versions 1 and 2)")
         unknown = set(d) - {"version", "block_size", "steps"}
         if unknown:
             raise UserError(f"unknown scheme fields: {', '.join(sorted(unknown))}")
@@ -121,7 +145,11 @@ class Scheme:
         for s in steps:
             if set(s) - {"name", "group"}:
                 raise UserError(f"unknown step fields: {', '.join(sorted(set(s) - {'name', 'group'}))}")
-        return cls(d.get("block_size", 16), tuple(Step(s["name"], s.get("group")) for s in steps))
+        scheme = cls(d.get("block_size", 16), tuple(Step(s["name"], s.get("group")) for s in steps))
+        if version is not None and scheme.version > version:
+            newer = next(s.name for s in scheme.steps if STEP_VERSIONS[s.name] > version)
+            raise UserError(f"step {newer!r} needs scheme format version {scheme.version}; the descriptor says {version}")
+        return scheme
 
     @classmethod
     def from_json(cls, text: str) -> "Scheme":

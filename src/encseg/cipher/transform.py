@@ -27,9 +27,17 @@ def _run_kernel(x: np.ndarray, plan: Plan, inverse: bool) -> np.ndarray:
     def arr(a, dtype):
         return None if a is None else np.ascontiguousarray(a, dtype=dtype)
 
-    _kernel.apply(x, out, nh, nw, p, arr(plan.block_src, np.int64), arr(plan.pixel_src, np.int64),
+    pixel_src = plan.pixel_src if plan.block_pixel_src is None else plan.block_pixel_src  # p*p or n*p*p
+    _kernel.apply(x, out, nh, nw, p, arr(plan.block_src, np.int64), arr(pixel_src, np.int64),
                   arr(plan.negate, np.uint8), arr(plan.orders, np.uint8), inverse)
     return out
+
+
+def _inverse_rows(perms: np.ndarray) -> np.ndarray:
+    """Row-wise inverse of an n x m array of permutations: inv[b, perms[b, j]] = j (a scatter, no sort)."""
+    inv = np.empty_like(perms)
+    np.put_along_axis(inv, perms, np.broadcast_to(np.arange(perms.shape[-1], dtype=perms.dtype), perms.shape), axis=-1)
+    return inv
 
 
 @dataclass(frozen=True)
@@ -142,6 +150,8 @@ def apply_plan_to_image(x: np.ndarray, plan: Plan) -> np.ndarray:
     blocks = _image_to_blocks(x, nh, nw, p, plan.block_src, plan.orders)  # BS + CS fused
     if plan.pixel_src is not None:
         blocks = np.take(blocks, plan.pixel_src, axis=1)  # PS commutes with CS
+    if plan.block_pixel_src is not None:
+        blocks = np.take_along_axis(blocks, plan.block_pixel_src[:, :, None], axis=1)  # row b: block b's own gather
     if plan.negate is not None:
         blocks ^= (plan.negate.astype(np.uint8) * np.uint8(255))[:, None, None]  # 255 - x == x ^ 0xFF
     return _blocks_to_image(blocks, nh, nw, p)
@@ -155,6 +165,11 @@ def invert_plan_on_image(y: np.ndarray, plan: Plan) -> np.ndarray:
     blocks = _image_to_blocks(y, nh, nw, p, None, plan.orders, _INVERSE_ORDERS, dest=plan.block_src)
     if plan.pixel_src is not None:
         blocks = np.take(blocks, np.argsort(plan.pixel_src), axis=1)
+    if plan.block_pixel_src is not None:  # blocks are home now: invert each one's gather at its home
+        inverse = _inverse_rows(plan.block_pixel_src)
+        if plan.block_src is not None:
+            inverse[plan.block_src] = inverse.copy()
+        blocks = np.take_along_axis(blocks, inverse[:, :, None], axis=1)
     if plan.negate is not None:
         negate = plan.negate
         if plan.block_src is not None:
@@ -197,7 +212,14 @@ def _geometry(x, plan: Plan, inverse: bool):
     (nh, nw), p = plan.grid, plan.block_size
     lead = tuple(x.shape[:-2])
     blocks = x.reshape(*lead, nh, p, nw, p).swapaxes(-3, -2).reshape(*lead, nh * nw, p * p)
-    if inverse:
+    if plan.block_pixel_src is not None:  # one gather over all n*p*p positions: block b, pixel j <- flat[b, j]
+        n, pp = nh * nw, p * p
+        src = np.arange(n) if plan.block_src is None else plan.block_src
+        flat = (src[:, None] * pp + plan.block_pixel_src).reshape(-1)
+        if inverse:
+            flat = _inverse_rows(flat)
+        blocks = _take(blocks.reshape(*lead, n * pp), flat, -1)
+    elif inverse:
         if plan.pixel_src is not None:
             blocks = _take(blocks, np.argsort(plan.pixel_src), -1)
         if plan.block_src is not None:
