@@ -292,7 +292,9 @@ def _check_adobe(body: bytes, what: str) -> None:
 
 def decode_jpeg(data: bytes, header: JpegHeader, what: str = "the JPEG") -> np.ndarray:
     """Decode a JPEG that passed `read_jpeg_header` to uint8 HxWx3 RGB (Pillow, default settings:
-    for a baseline 4:4:4 file that is an 8x8 IDCT per block and a per-pixel colour conversion)."""
+    for a baseline 4:4:4 file that is an 8x8 IDCT per block and a per-pixel colour conversion).
+    Reads `header.payload` (the canonical file) and checks `header.width`/`height`; any header
+    object with those three fields will do (the service passes its own)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

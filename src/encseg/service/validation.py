@@ -31,6 +31,7 @@ import numpy as np
 from PIL import Image
 
 from encseg.cipher import Scheme
+from encseg.cipher import jpeg as _jpeg
 from encseg.errors import UserError
 from encseg.service.settings import Limits
 
@@ -479,7 +480,32 @@ def decode_png(data: bytes, header: ImageHeader) -> np.ndarray:
 
 
 PNG = ImageFormat("png", (PNG_SIGNATURE,), ("image/png",), read_png_header, decode_png)
-FORMATS: list[ImageFormat] = [PNG]
+
+
+# -- JPEG (docs/encryption-format.md section 10: baseline, 4:4:4, block size a multiple of 8) ------
+
+def read_jpeg_header(data: bytes, limits: Limits) -> ImageHeader:
+    """Walk every marker segment of a JPEG ciphertext (`encseg.cipher.jpeg`) with the server's pixel
+    limits, before decoding; the payload is the canonical file rebuilt from the checked segments."""
+    try:
+        h = _jpeg.read_jpeg_header(data, max_pixels=limits.max_pixels, max_side=limits.max_side)
+    except _jpeg.JpegRefused as exc:
+        raise Refused(exc.status, str(exc)) from None
+    if h.encseg_text is not None and looks_like_key(h.encseg_text):
+        raise Refused(400, KEY_REFUSAL)
+    return ImageHeader("jpeg", h.width, h.height, 8, 2, h.encseg_text, h.payload)
+
+
+def decode_jpeg(data: bytes, header: ImageHeader) -> np.ndarray:
+    """Decode the canonical JPEG `read_jpeg_header` built to uint8 HxWx3."""
+    try:
+        return _jpeg.decode_jpeg(data, header)  # reads header.payload, checks header.width/height
+    except _jpeg.JpegRefused as exc:
+        raise Refused(exc.status, str(exc)) from None
+
+
+JPEG = ImageFormat("jpeg", (_jpeg.JPEG_MAGIC,), ("image/jpeg",), read_jpeg_header, decode_jpeg)
+FORMATS: list[ImageFormat] = [PNG, JPEG]
 
 
 # -- fields -------------------------------------------------------------------------------------
@@ -609,6 +635,11 @@ def check_geometry(scheme: Scheme, header: ImageHeader, original_size: tuple[int
         )
     if h % patch_size or w % patch_size:
         raise Refused(422, f"the image is {h}x{w}; this model needs sides that are multiples of {patch_size}")
+    if header.format == "jpeg":
+        try:
+            _jpeg.check_block_size(p)  # JPEG's 8x8 DCT grid must not cross a cipher block edge
+        except _jpeg.JpegRefused as exc:
+            raise Refused(exc.status, str(exc)) from None
     if original_size is not None:
         oh, ow = original_size
         if not (oh <= h < oh + p and ow <= w < ow + p):
