@@ -4,7 +4,9 @@ Random rescale (ratio 0.5-2.0 of a base size), random crop that avoids crops dom
 (`cat_max_ratio`), horizontal flip, photometric distortion; the label map follows every geometric
 step (nearest-neighbour resampling, padding with the ignore index). Then, when encryption is on,
 the cipher (`encseg.cipher.CipherTransform`: a fresh key per sample per epoch, never stored) moves
-the image and, geometry only, the label map. All randomness comes from a generator seeded by
+the image and, geometry only, the label map; optionally (`jpeg_quality`) the encrypted image is then
+JPEG-compressed at a random quality and decoded, as a client on the JPEG transport would send it
+(docs/encryption-format.md section 10; the label map is untouched). All randomness comes from a generator seeded by
 (seed, epoch, index), so a resumed run draws the same augmentations as an uninterrupted one; the
 per-image keys come from the OS CSPRNG and are never reproducible, by design.
 """
@@ -124,20 +126,32 @@ def augment(image: np.ndarray, label: np.ndarray, cfg: AugmentConfig, rng: np.ra
     return np.ascontiguousarray(image), np.ascontiguousarray(label)
 
 
+def random_jpeg(image: np.ndarray, rng: np.random.Generator, quality: tuple[int, int]) -> np.ndarray:
+    """The image after a JPEG round trip (baseline 4:4:4, as the transport sends ciphertexts) at a
+    quality drawn uniformly from [lo, hi]; sides must be multiples of 8."""
+    from encseg.cipher.jpeg import jpeg_roundtrip
+
+    return jpeg_roundtrip(image, int(rng.integers(quality[0], quality[1] + 1)))
+
+
 class TrainTransform:
-    """Augment, encrypt (optional `cipher`: an `encseg.cipher.CipherTransform`), and make tensors.
+    """Augment, encrypt (optional `cipher`: an `encseg.cipher.CipherTransform`), JPEG-compress the
+    result at a random quality in `jpeg_quality` = (lo, hi) if given, and make tensors.
 
     Called by the dataset as `transform(image, label, (epoch, index))`; returns (uint8 image
     tensor [3, H, W], int64 label tensor [H, W]). Normalisation happens on the device, so batches
     travel between processes as bytes. Picklable for loader workers.
     """
 
-    def __init__(self, cfg: AugmentConfig, cipher=None, seed: int = 0) -> None:
+    def __init__(self, cfg: AugmentConfig, cipher=None, seed: int = 0, jpeg_quality: tuple[int, int] | None = None) -> None:
         self.cfg, self.cipher, self.seed = cfg, cipher, int(seed)
+        self.jpeg_quality = None if jpeg_quality is None else (int(jpeg_quality[0]), int(jpeg_quality[1]))
 
     def __call__(self, image: np.ndarray, label: np.ndarray, sample_id: tuple[int, int]):
         rng = np.random.default_rng([self.seed, int(sample_id[0]), int(sample_id[1])])
         image, label = augment(image, label, self.cfg, rng)
         if self.cipher is not None:
             image, label = self.cipher(image, label)
+        if self.jpeg_quality is not None:  # after encryption, as a client would
+            image = random_jpeg(image, rng, self.jpeg_quality)
         return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))), torch.from_numpy(label.astype(np.int64))
