@@ -46,6 +46,7 @@ class EncryptionConfig:
     mode: str = "none"  # "none" | "shared" (one key for all, the 2022 setting) | "per-image" (the paper)
     scheme: str = "bs-np-cs"  # a cipher preset or code list; its block size is the model's patch size
     key_file: str | None = None  # shared mode: the key file (created 0600 in the run folder if unset)
+    jpeg_quality: tuple[int, int] | None = None  # [lo, hi]: JPEG-compress each encrypted sample at a random quality (JPEG transport)
 
 
 @dataclass
@@ -104,6 +105,12 @@ class TrainConfig:
             raise UserError(f"data.crop {list(d.crop)} must be a multiple of the patch size {p}")
         if e.mode != "none":
             self.scheme()  # parses and validates
+        if e.jpeg_quality is not None:
+            q = e.jpeg_quality
+            if len(q) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in q) or not 1 <= q[0] <= q[1] <= 100:
+                raise UserError(f"encryption.jpeg_quality is [lo, hi] with 1 <= lo <= hi <= 100 (got {list(q)!r})")
+            if d.crop[0] % 8 or d.crop[1] % 8 or (e.mode != "none" and self.scheme().block_size % 8):
+                raise UserError("encryption.jpeg_quality needs a crop and a block size that are multiples of 8 (JPEG's 8x8 grid)")
         return self
 
     def scheme(self):

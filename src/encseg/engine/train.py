@@ -232,7 +232,7 @@ def make_cipher(cfg: TrainConfig, create_key: bool):
 def build_train_set(cfg: TrainConfig, cipher) -> CityscapesDataset:
     d = cfg.data
     aug = AugmentConfig(d.crop, d.base_size, d.ratio_range, d.cat_max_ratio, d.flip_prob, d.photometric)
-    return CityscapesDataset(d.root, d.split, transform=TrainTransform(aug, cipher, cfg.run.seed))
+    return CityscapesDataset(d.root, d.split, transform=TrainTransform(aug, cipher, cfg.run.seed, cfg.encryption.jpeg_quality))
 
 
 def native_bf16(device: torch.device) -> bool:
