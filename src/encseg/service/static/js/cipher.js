@@ -1,18 +1,24 @@
-// The encseg cipher, format v1, in the browser: WebCrypto HKDF-SHA256 + AES-256-CTR key streams and
-// the four block-wise steps, written step by step from docs/encryption-format.md. It must reproduce
+// The encseg cipher, formats v1 and v2, in the browser: WebCrypto HKDF-SHA256 + AES-256-CTR key streams
+// and the block-wise steps, written step by step from docs/encryption-format.md. It must reproduce
 // every tests/vectors/*.json byte for byte (tests/test_browser.py checks it in chromium).
 //
 // Images are {width, height, data: Uint8Array(height * width * 3)} (row-major, channel last);
 // label maps are {width, height, data: Uint8Array(height * width)}. Keys are Uint8Array(32) and are
 // never sent anywhere by this module.
 
+// FORMAT_VERSION: the base format and the version of the encrypted file's metadata object (section 8),
+// 1 for every file. A scheme descriptor's own version is the highest of its steps' (v2: block-pixel-shuffle).
 export const FORMAT_VERSION = 1;
+export const FORMAT_VERSIONS = [1, 2];
 export const BLOCK_SCRAMBLE = "block-scramble";
 export const PIXEL_SHUFFLE = "pixel-shuffle";
+export const BLOCK_PIXEL_SHUFFLE = "block-pixel-shuffle";
 export const NEGATIVE_POSITIVE = "negative-positive";
 export const CHANNEL_SHUFFLE = "channel-shuffle";
-const STEP_NAMES = [BLOCK_SCRAMBLE, PIXEL_SHUFFLE, NEGATIVE_POSITIVE, CHANNEL_SHUFFLE];
-const CODES = { bs: BLOCK_SCRAMBLE, ps: PIXEL_SHUFFLE, np: NEGATIVE_POSITIVE, cs: CHANNEL_SHUFFLE };
+const STEP_NAMES = [BLOCK_SCRAMBLE, PIXEL_SHUFFLE, BLOCK_PIXEL_SHUFFLE, NEGATIVE_POSITIVE, CHANNEL_SHUFFLE];
+const STEP_VERSIONS = { [BLOCK_PIXEL_SHUFFLE]: 2 }; // every other step: 1
+const GROUPED = [PIXEL_SHUFFLE, BLOCK_PIXEL_SHUFFLE];
+const CODES = { bs: BLOCK_SCRAMBLE, ps: PIXEL_SHUFFLE, psb: BLOCK_PIXEL_SHUFFLE, np: NEGATIVE_POSITIVE, cs: CHANNEL_SHUFFLE };
 const SALT = new TextEncoder().encode("encseg/v1");
 // The six channel orders, lexicographic (section 5): out[c] = in[order[c]].
 export const CHANNEL_ORDERS = [[0, 1, 2], [0, 2, 1], [1, 0, 2], [1, 2, 0], [2, 0, 1], [2, 1, 0]];
@@ -46,7 +52,7 @@ export const bytesToHex = keyToHex;
 
 export function validateScheme(scheme) {
   if (typeof scheme !== "object" || scheme === null) throw new Error("a scheme is a JSON object");
-  if ((scheme.version ?? FORMAT_VERSION) !== FORMAT_VERSION) throw new Error(`scheme version ${scheme.version} is not 1`);
+  if (scheme.version !== undefined && !FORMAT_VERSIONS.includes(scheme.version)) throw new Error(`scheme version ${scheme.version} is not 1 or 2`);
   for (const k of Object.keys(scheme)) {
     if (!["version", "block_size", "steps"].includes(k)) throw new Error(`unknown scheme field ${k}`);
   }
@@ -59,11 +65,14 @@ export function validateScheme(scheme) {
     seen.add(s.name);
     for (const k of Object.keys(s)) if (!["name", "group"].includes(k)) throw new Error(`unknown step field ${k}`);
     if (s.group !== undefined && s.group !== null) {
-      if (s.name !== PIXEL_SHUFFLE) throw new Error(`only ${PIXEL_SHUFFLE} takes a group`);
+      if (!GROUPED.includes(s.name)) throw new Error(`only ${GROUPED.join(" and ")} take a group`);
       if (!Number.isInteger(s.group) || s.group < 1 || p % s.group) throw new Error(`group ${s.group} must divide ${p}`);
     }
   }
-  return { version: FORMAT_VERSION, block_size: p, steps: (scheme.steps ?? []).map((s) => ({ ...s })) };
+  if (seen.has(PIXEL_SHUFFLE) && seen.has(BLOCK_PIXEL_SHUFFLE)) throw new Error(`a scheme has ${PIXEL_SHUFFLE} or ${BLOCK_PIXEL_SHUFFLE}, not both`);
+  const version = Math.max(1, ...[...seen].map((name) => STEP_VERSIONS[name] ?? 1));
+  if (scheme.version !== undefined && scheme.version < version) throw new Error(`a scheme with ${BLOCK_PIXEL_SHUFFLE} is version 2, not ${scheme.version}`);
+  return { version, block_size: p, steps: (scheme.steps ?? []).map((s) => ({ ...s })) };
 }
 
 /** A preset or code list ("bs-np-cs", "bs-ps4-np-cs", "plain") -> a scheme object. */
@@ -72,15 +81,15 @@ export function parseScheme(text, blockSize = 16) {
   if (text.startsWith("{")) return validateScheme(JSON.parse(text));
   if (text === "plain" || text === "none" || text === "") return validateScheme({ block_size: blockSize, steps: [] });
   const steps = text.split("-").map((code) => {
-    const base = code.slice(0, 2), digits = code.slice(2);
-    if (!(base in CODES) || (digits && (base !== "ps" || !/^\d+$/.test(digits)))) throw new Error(`unknown scheme ${text}`);
-    return digits ? { name: CODES[base], group: parseInt(digits, 10) } : { name: CODES[base] };
+    const m = /^(bs|psb|ps|np|cs)([0-9]*)$/.exec(code);
+    if (!m || (m[2] && !GROUPED.includes(CODES[m[1]]))) throw new Error(`unknown scheme ${text}`);
+    return m[2] ? { name: CODES[m[1]], group: parseInt(m[2], 10) } : { name: CODES[m[1]] };
   });
-  return validateScheme({ version: FORMAT_VERSION, block_size: blockSize, steps });
+  return validateScheme({ block_size: blockSize, steps });
 }
 
 export function schemeName(scheme) {
-  const code = { [BLOCK_SCRAMBLE]: "bs", [PIXEL_SHUFFLE]: "ps", [NEGATIVE_POSITIVE]: "np", [CHANNEL_SHUFFLE]: "cs" };
+  const code = Object.fromEntries(Object.entries(CODES).map(([c, name]) => [name, c]));
   return scheme.steps.map((s) => code[s.name] + (s.group ? String(s.group) : "")).join("-") || "plain";
 }
 
@@ -115,6 +124,35 @@ export async function drawPermutation(key, stepName, m) {
   const idx = Array.from({ length: m }, (_, i) => i);
   idx.sort((a, b) => hi[a] - hi[b] || lo[a] - lo[b] || a - b);
   return Int32Array.from(idx);
+}
+
+/** Format v2: n permutations of m, block b's from the LE64 words [b*m, (b+1)*m), flat (row b at b*m). */
+export async function drawBlockPermutations(key, n, m) {
+  return argsortWordRows(await stepStream(key, BLOCK_PIXEL_SHUFFLE, 8 * n * m), n, m);
+}
+
+/** Row by row, indices 0..m-1 (m <= 65536) sorted by (LE64 word, index). A native Float64Array sort on
+ * hi * 65536 + i (exact: below 2^48) orders by the high 32 bits and the index; runs of equal high words
+ * (rare for key-stream words) are then re-sorted by (low word, index). */
+export function argsortWordRows(bytes, n, m) {
+  const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const out = new Int32Array(n * m), lo = new Uint32Array(m), hi = new Uint32Array(m), keys = new Float64Array(m);
+  const byLow = (a, b) => lo[a] - lo[b] || a - b;
+  for (let b = 0; b < n; b++) {
+    for (let i = 0; i < m; i++) {
+      lo[i] = dv.getUint32(8 * (b * m + i), true);
+      hi[i] = dv.getUint32(8 * (b * m + i) + 4, true);
+      keys[i] = hi[i] * 65536 + i;
+    }
+    keys.sort();
+    const row = out.subarray(b * m, (b + 1) * m);
+    for (let i = 0; i < m; i++) row[i] = keys[i] % 65536;
+    for (let i = 0, j; i < m; i = j) {
+      for (j = i + 1; j < m && hi[row[j]] === hi[row[i]]; j++);
+      if (j - i > 1) row.set(Array.from(row.subarray(i, j)).sort(byLow), i);
+    }
+  }
+  return out;
 }
 
 /** One bit per block: bit 0 of the LE32 word b. */
@@ -162,6 +200,9 @@ export async function makeDraws(key, scheme, n, { geometryOnly = false } = {}) {
     else if (step.name === PIXEL_SHUFFLE) {
       const q = step.group || p;
       draws[step.name] = await drawPermutation(key, PIXEL_SHUFFLE, q * q);
+    } else if (step.name === BLOCK_PIXEL_SHUFFLE) {
+      const q = step.group || p;
+      draws[step.name] = await drawBlockPermutations(key, n, q * q);
     } else if (geometryOnly) continue;
     else if (step.name === NEGATIVE_POSITIVE) draws[step.name] = await drawNegateBits(key, n);
     else if (step.name === CHANNEL_SHUFFLE) draws[step.name] = await drawChannelOrders(key, n);
@@ -238,6 +279,19 @@ function gatherPixels(blocks, gather, n, pp, c, inverse) {
   return out;
 }
 
+// block b (at its position when the step runs) is gathered by its own permutation, perms[b*q*q ...]
+function gatherBlockPixels(blocks, perms, n, p, q, c, inverse) {
+  const pp = p * p, m = q * q, out = new Uint8Array(blocks.length);
+  for (let b = 0; b < n; b++) {
+    const g = pixelGather(perms.subarray(b * m, (b + 1) * m), p, q), base = b * pp * c;
+    for (let j = 0; j < pp; j++) {
+      const dst = base + (inverse ? g[j] : j) * c, src = base + (inverse ? j : g[j]) * c;
+      for (let k = 0; k < c; k++) out[dst + k] = blocks[src + k];
+    }
+  }
+  return out;
+}
+
 function negate(blocks, bits, pp) {
   for (let b = 0; b < bits.length; b++) {
     if (!bits[b]) continue;
@@ -270,6 +324,7 @@ function runSteps(blocks, scheme, draws, n, c, inverse) {
     const d = draws[step.name];
     if (step.name === BLOCK_SCRAMBLE) blocks = gatherBlocks(blocks, d, pp * c, inverse);
     else if (step.name === PIXEL_SHUFFLE) blocks = gatherPixels(blocks, pixelGather(d, p, step.group || p), n, pp, c, inverse);
+    else if (step.name === BLOCK_PIXEL_SHUFFLE) blocks = gatherBlockPixels(blocks, d, n, p, step.group || p, c, inverse);
     else if (c === 1) continue; // label maps: only the geometry moves
     else if (step.name === NEGATIVE_POSITIVE) blocks = negate(blocks, d, pp);
     else if (step.name === CHANNEL_SHUFFLE) blocks = reorderChannels(blocks, d, pp, inverse);
