@@ -59,6 +59,7 @@ def evaluate_cmd(
     save_png: Optional[Path] = typer.Option(None, help="write colourised predictions here"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="write the result as JSON"),
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
+    jpeg_quality: Optional[int] = typer.Option(None, help="send each ciphertext through the JPEG transport at this quality (1-100)"),
 ) -> None:
     """mIoU (Cityscapes protocol) of a checkpoint, on plain or encrypted test images."""
     from encseg.cipher import Scheme, load_key
@@ -76,12 +77,20 @@ def evaluate_cmd(
     shared = load_key(key) if key is not None else None
     ds = CityscapesDataset(data, split)
     crop_hw, stride_hw = (_window(v, name) for v, name in ((crop, "--crop"), (stride, "--stride")))
-    result = evaluate(model, ds, dev, encryption, s, shared, crop_hw, stride_hw, batch_size, save_png, limit, progress=True)
+    if jpeg_quality is not None:
+        from encseg.cipher.jpeg import check_quality
+
+        check_quality(jpeg_quality)
+    result = evaluate(model, ds, dev, encryption, s, shared, crop_hw, stride_hw, batch_size, save_png, limit, progress=True,
+                      jpeg_quality=jpeg_quality)
     typer.echo(result.table())
     mode = "plain test images" if encryption == "none" else f"{encryption} keys, scheme {s.name}"
+    if jpeg_quality is not None:
+        mode += f", JPEG transport quality {jpeg_quality}"
     typer.echo(f"mIoU {result.miou:.2f} over {result.images} images ({mode}); pixel accuracy {result.pixel_accuracy:.2f}")
     if json_out is not None:
-        write_result(result, json_out, {"checkpoint": str(checkpoint), "data": str(data), "split": split})
+        write_result(result, json_out, {"checkpoint": str(checkpoint), "data": str(data), "split": split,
+                                        "jpeg_quality": jpeg_quality})
 
 
 def experiment_cmd(

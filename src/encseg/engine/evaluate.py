@@ -113,13 +113,21 @@ def evaluate(
     save_dir: str | Path | None = None,
     limit: int | None = None,
     progress: bool = False,
+    jpeg_quality: int | None = None,
 ) -> EvalResult:
-    """Score `model` on `dataset` (raw arrays, no transform) with plain or encrypted test images."""
+    """Score `model` on `dataset` (raw arrays, no transform) with plain or encrypted test images;
+    with `jpeg_quality`, each ciphertext goes through the JPEG transport (encode at that quality,
+    check, decode) before the model sees it, as a JPEG client's would."""
     from encseg.cipher import decrypt_mask, encrypt
+    from encseg.cipher.jpeg import check_block_size, jpeg_roundtrip
 
     new_key = _encryptor(encryption, scheme, shared_key)
     if new_key is not None and scheme is None:
         raise UserError("encrypted evaluation needs a scheme")
+    if jpeg_quality is not None:
+        if new_key is None:
+            raise UserError("JPEG transport applies to encrypted test images (pass an encryption mode)")
+        check_block_size(scheme.block_size)
     num_classes = getattr(getattr(model, "config", None), "num_classes", NUM_CLASSES)
     conf = np.zeros((num_classes, num_classes), dtype=np.int64)
     n = len(dataset) if limit is None else min(limit, len(dataset))
@@ -142,7 +150,7 @@ def evaluate(
                 continue
             key = new_key()
             enc = encrypt(image, key, scheme)
-            inputs.append(enc.data)
+            inputs.append(enc.data if jpeg_quality is None else jpeg_roundtrip(enc.data, jpeg_quality))
             keys.append(key)
             sizes.append(enc.original_size)
         same = all(x.shape == inputs[0].shape for x in inputs)
