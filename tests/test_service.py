@@ -208,7 +208,7 @@ def test_decompression_bomb_is_refused_from_its_header_before_decoding(monkeypat
     import encseg.service.app as app_module
 
     decoded = []
-    monkeypatch.setattr(app_module, "decode_png", lambda *a: decoded.append(1))
+    monkeypatch.setattr(app_module, "decode_image", lambda *a: decoded.append(1))
     app = create_app(stand_in_segmenter(), ServiceConfig(limits=Limits(max_pixels=512 * 512)))
     bomb = zero_bomb(4096, 4096)  # 48 MiB of pixels in a ~50 KB body
     assert len(bomb) < 100_000
@@ -233,7 +233,7 @@ def test_decompression_bomb_is_refused_from_its_header_before_decoding(monkeypat
         (raw_png(32, 32, color_type=0), 415, "greyscale"),
         (raw_png(32, 32, color_type=3), 415, "palette"),
         (raw_png(0, 32), 400, "empty"),
-        (raw_png(32, 32, idat=b"not zlib at all"), 400, "decoded"),
+        (raw_png(32, 32, idat=b"not zlib at all"), 400, "zlib"),
         (raw_png(32, 32)[:-20], 400, "truncated"),
         (b"\x89PNG\r\n\x1a\n" + chunk(b"IDAT", b""), 400, "IHDR"),
     ],

@@ -196,8 +196,8 @@ def test_corpus_of_bad_bodies_gets_only_4xx_or_2xx(client):
     assert statuses["raw:bomb"] == 413 and statuses["raw:oversized-pixels"] == 413
     assert statuses["raw:16bit-rgb"] == 415 and statuses["raw:jpeg"] == 415 and statuses["raw:zero-width"] == 400
     assert statuses["fields:key-field"] == 400 and statuses["body-over-limit"] == 413
-    assert statuses["multipart:not-a-multiple"] == 422 and statuses["raw:encseg-deep-json"] == 422
-    assert statuses["json-inf-topk"] == 422 and statuses["fields:scheme-unicode-digit"] == 422
+    assert statuses["multipart:not-a-multiple"] == 422 and statuses["raw:encseg-deep-json"] in (413, 422)
+    assert statuses["json-inf-topk"] == 400 and statuses["fields:scheme-unicode-digit"] == 422
     assert sum(s >= 400 for s in statuses.values()) >= len(statuses) - 5
     r = client.post("/v1/segment", files={"image": ("x.png", VALID, "image/png")})
     assert r.status_code == 200 and client.get("/healthz").status_code == 200
