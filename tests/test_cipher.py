@@ -332,19 +332,22 @@ def test_c_kernel_rejects_buffers_that_do_not_match_the_grid():
         transform._kernel.apply(x, np.empty_like(x), 2, 2, 4, np.array([0, 1, 2, 9], np.int64), None, None, None, False)
 
 
-def test_c_kernel_rejects_per_block_pixel_gathers_out_of_range():
+def test_c_kernel_rejects_per_block_permutations_that_do_not_fit_the_group():
     from encseg.cipher import transform
 
     if not transform.kernel_available():
         pytest.skip("the optional C kernel was not built")
     x = np.zeros((8, 8, 3), np.uint8)
-    rows = np.tile(np.arange(16, dtype=np.int64), (4, 1))
-    transform._kernel.apply(x, np.empty_like(x), 2, 2, 4, None, rows, None, None, False)  # 4 x 16: per block
-    rows[3, 5] = 16
+    apply = transform._kernel.apply
+    rows = np.tile(np.arange(4, dtype=np.int64), (4, 1))  # 2 x 2 blocks of p = 4, group 2: 4 rows of 4
+    apply(x, np.empty_like(x), 2, 2, 4, None, rows, None, None, False, 2)
+    rows[3, 1] = 4
     with pytest.raises(ValueError, match="out of range"):
-        transform._kernel.apply(x, np.empty_like(x), 2, 2, 4, None, rows, None, None, False)
-    with pytest.raises(ValueError):
-        transform._kernel.apply(x, np.empty_like(x), 2, 2, 4, None, rows[:3], None, None, False)
+        apply(x, np.empty_like(x), 2, 2, 4, None, rows, None, None, False, 2)
+    with pytest.raises(ValueError):  # 3 rows for 4 blocks
+        apply(x, np.empty_like(x), 2, 2, 4, None, np.zeros((3, 4), np.int64), None, None, False, 2)
+    with pytest.raises(ValueError, match="group"):
+        apply(x, np.empty_like(x), 2, 2, 4, None, np.zeros((4, 9), np.int64), None, None, False, 3)
 
 
 @pytest.mark.parametrize("m", [1, 3, 16, 33, 256, 1024])

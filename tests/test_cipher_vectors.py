@@ -153,3 +153,11 @@ def test_encrypted_image_repr_shows_no_pixels_or_key():
     enc = encrypt(np.zeros((4, 4, 3), np.uint8), key, Scheme.parse("bs", block_size=2))
     assert isinstance(enc, EncryptedImage)
     assert key.hex() not in repr(enc) and "array" not in repr(enc)
+
+
+@pytest.mark.parametrize("nbytes", [0, 1, 15, 16, 17, 1000, (1 << 18) - 1, 1 << 18, (1 << 18) + 5, 3 * (1 << 18) + 40])
+def test_the_chunked_long_stream_equals_the_step_stream(nbytes):
+    from encseg.cipher.keystream import _long_stream
+
+    key = Key(hashlib.sha256(b"long").digest())
+    assert bytes(_long_stream(key, "block-pixel-shuffle", nbytes)) == step_stream(key, "block-pixel-shuffle", nbytes)

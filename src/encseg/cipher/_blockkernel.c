@@ -80,12 +80,23 @@ static inline void row_copy(uint8_t *restrict d, const uint8_t *restrict s, Py_s
         row_copy_scalar(d, s, p, o, m);
 }
 
-/* poff: the byte offset in the image of each of a block's p*p positions from the block's origin, for
- * one shared gather (per_block = 0) or for pixel k of any block (per_block = 1: then the gather of
- * block b is psrc[b*p*p ...] and position j's offset is poff[psrc[b*p*p + j]]). */
+/* The pixel gather of one block, as byte offsets in the image from the block's origin.
+ * v1 (perms NULL): position j takes poff[j], one table for every block.
+ * v2 (perms: n rows of q*q): position j of block b takes sub[j] + qoff[perms[b*q*q + jq[j]]], where
+ * sub[j] is the offset of j's q x q sub-block, jq[j] j's index inside it and qoff[k] the offset of
+ * index k inside a sub-block (section 12: block b's own permutation in every sub-block). */
+typedef struct {
+    const Py_ssize_t *poff, *sub, *jq, *qoff;
+    const int64_t *perms;
+    Py_ssize_t m;
+} Gather;
+
+static inline Py_ssize_t gather_offset(const Gather *g, const int64_t *row, Py_ssize_t j) {
+    return g->perms ? g->sub[j] + g->qoff[row[g->jq[j]]] : g->poff[j];
+}
+
 static void run(const uint8_t *in, uint8_t *out, Py_ssize_t nh, Py_ssize_t nw, Py_ssize_t p,
-                const int64_t *bsrc, const Py_ssize_t *poff, const int64_t *psrc, int per_block,
-                const uint8_t *neg, const uint8_t *ord, int inverse) {
+                const int64_t *bsrc, const Gather *g, const uint8_t *neg, const uint8_t *ord, int inverse) {
     const Py_ssize_t stride = nw * p * 3, n = nh * nw;
     for (Py_ssize_t b = 0; b < n; b++) {
         const Py_ssize_t s = bsrc ? (Py_ssize_t)bsrc[b] : b;
@@ -93,7 +104,7 @@ static void run(const uint8_t *in, uint8_t *out, Py_ssize_t nh, Py_ssize_t nw, P
         const Py_ssize_t poff0 = (s / nw) * p * stride + (s % nw) * p * 3; /* plain block origin */
         const int o = ord ? ord[b] : 0;
         const uint8_t m = (neg && neg[b]) ? 0xFF : 0;
-        if (!poff) {
+        if (!g) {
             for (Py_ssize_t r = 0; r < p; r++) {
                 if (!inverse)
                     row_copy(out + eoff + r * stride, in + poff0 + r * stride, p, o, m);
@@ -103,25 +114,14 @@ static void run(const uint8_t *in, uint8_t *out, Py_ssize_t nh, Py_ssize_t nw, P
         } else {
             /* pixel shuffle: gather the row's pixels into tmp (or scatter them from it), then one row_copy */
             uint8_t tmp[3 * 256];
+            const int64_t *row = g->perms ? g->perms + b * g->m : NULL;
             for (Py_ssize_t r = 0; r < p; r++) {
-                if (per_block) {
-                    const int64_t *ps = psrc + (b * p + r) * p;
-                    if (!inverse) {
-                        for (Py_ssize_t c = 0; c < p; c++) memcpy(tmp + 3 * c, in + poff0 + poff[ps[c]], 3);
-                        row_copy(out + eoff + r * stride, tmp, p, o, m);
-                    } else {
-                        row_copy(tmp, in + eoff + r * stride, p, INVERSE[o], m);
-                        for (Py_ssize_t c = 0; c < p; c++) memcpy(out + poff0 + poff[ps[c]], tmp + 3 * c, 3);
-                    }
-                    continue;
-                }
-                const Py_ssize_t *po = poff + r * p;
                 if (!inverse) {
-                    for (Py_ssize_t c = 0; c < p; c++) memcpy(tmp + 3 * c, in + poff0 + po[c], 3);
+                    for (Py_ssize_t c = 0; c < p; c++) memcpy(tmp + 3 * c, in + poff0 + gather_offset(g, row, r * p + c), 3);
                     row_copy(out + eoff + r * stride, tmp, p, o, m);
                 } else {
                     row_copy(tmp, in + eoff + r * stride, p, INVERSE[o], m);
-                    for (Py_ssize_t c = 0; c < p; c++) memcpy(out + poff0 + po[c], tmp + 3 * c, 3);
+                    for (Py_ssize_t c = 0; c < p; c++) memcpy(out + poff0 + gather_offset(g, row, r * p + c), tmp + 3 * c, 3);
                 }
             }
         }
@@ -140,14 +140,16 @@ static int opt_buffer(PyObject *obj, Py_buffer *view, Py_ssize_t need, Py_ssize_
     return 0;
 }
 
-/* apply(in, out, nh, nw, p, block_src|None, pixel_src|None, negate|None, orders|None, inverse)
- * pixel_src holds p*p int64s (one gather for all blocks) or n*p*p (row b: block b's gather). */
+/* apply(in, out, nh, nw, p, block_src|None, pixel_src|None, negate|None, orders|None, inverse[, group])
+ * Without group, pixel_src is one p*p gather for all blocks (v1 pixel-shuffle). With group q (q
+ * divides p), it is n rows of q*q: row b is encrypted block b's permutation (v2 block-pixel-shuffle). */
 static PyObject *apply(PyObject *self, PyObject *args) {
     Py_buffer in, out, bs = {0}, ps = {0}, ng = {0}, od = {0};
     Py_ssize_t nh, nw, p;
     PyObject *bso, *pso, *ngo, *odo;
     int inverse;
-    if (!PyArg_ParseTuple(args, "y*w*nnnOOOOp", &in, &out, &nh, &nw, &p, &bso, &pso, &ngo, &odo, &inverse))
+    Py_ssize_t q = 0;
+    if (!PyArg_ParseTuple(args, "y*w*nnnOOOOp|n", &in, &out, &nh, &nw, &p, &bso, &pso, &ngo, &odo, &inverse, &q))
         return NULL;
     PyObject *result = NULL;
     Py_ssize_t *poff = NULL;
@@ -156,19 +158,12 @@ static PyObject *apply(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "image buffers do not match the block grid");
         goto done;
     }
-    /* a pixel_src of n*p*p int64s is one gather per block; with n == 1 both readings are the same */
     const Py_ssize_t pp = p * p;
-    Py_ssize_t ps_count = pp;
-    if (pso != Py_None && n > 1 && PyObject_CheckBuffer(pso)) {
-        Py_buffer probe;
-        if (PyObject_GetBuffer(pso, &probe, PyBUF_SIMPLE) == 0) {
-            if (probe.len == n * pp * 8) ps_count = n * pp;
-            PyBuffer_Release(&probe);
-        } else {
-            PyErr_Clear();
-        }
+    if (q && (q < 1 || q > p || p % q)) {
+        PyErr_SetString(PyExc_ValueError, "group must divide the block size");
+        goto done;
     }
-    const int per_block = ps_count != pp;
+    const Py_ssize_t ps_count = q ? n * q * q : pp, ps_range = q ? q * q : pp;
     if (opt_buffer(bso, &bs, n, 8, "block_src") || opt_buffer(pso, &ps, ps_count, 8, "pixel_src") ||
         opt_buffer(ngo, &ng, n, 1, "negate") || opt_buffer(odo, &od, n, 1, "orders"))
         goto done;
@@ -178,18 +173,29 @@ static PyObject *apply(PyObject *self, PyObject *args) {
         if (bsrc[b] < 0 || bsrc[b] >= n) { PyErr_SetString(PyExc_ValueError, "block_src out of range"); goto done; }
     for (Py_ssize_t b = 0; ord && b < n; b++)
         if (ord[b] > 5) { PyErr_SetString(PyExc_ValueError, "orders out of range"); goto done; }
+    Gather g = {0};
     if (psrc) {
-        poff = PyMem_Malloc(sizeof(Py_ssize_t) * pp);
-        if (!poff) { PyErr_NoMemory(); goto done; }
         for (Py_ssize_t j = 0; j < ps_count; j++)
-            if (psrc[j] < 0 || psrc[j] >= pp) { PyErr_SetString(PyExc_ValueError, "pixel_src out of range"); goto done; }
-        for (Py_ssize_t j = 0; j < pp; j++) { /* per block: offsets of positions k; else of psrc[j] */
-            const Py_ssize_t k = per_block ? j : (Py_ssize_t)psrc[j];
-            poff[j] = (k / p) * nw * p * 3 + (k % p) * 3;
+            if (psrc[j] < 0 || psrc[j] >= ps_range) { PyErr_SetString(PyExc_ValueError, "pixel_src out of range"); goto done; }
+        poff = PyMem_Malloc(sizeof(Py_ssize_t) * 3 * pp); /* v1: poff; v2: sub, jq, qoff */
+        if (!poff) { PyErr_NoMemory(); goto done; }
+        const Py_ssize_t stride = nw * p * 3;
+        if (!q) {
+            for (Py_ssize_t j = 0; j < pp; j++) poff[j] = (psrc[j] / p) * stride + (psrc[j] % p) * 3;
+            g.poff = poff;
+        } else {
+            Py_ssize_t *sub = poff, *jq = poff + pp, *qoff = poff + 2 * pp;
+            for (Py_ssize_t j = 0; j < pp; j++) {
+                const Py_ssize_t r = j / p, c = j % p;
+                sub[j] = (r / q) * q * stride + (c / q) * q * 3;
+                jq[j] = (r % q) * q + c % q;
+            }
+            for (Py_ssize_t k = 0; k < q * q; k++) qoff[k] = (k / q) * stride + (k % q) * 3;
+            g.sub = sub; g.jq = jq; g.qoff = qoff; g.perms = psrc; g.m = q * q;
         }
     }
     Py_BEGIN_ALLOW_THREADS
-    run(in.buf, out.buf, nh, nw, p, bsrc, poff, psrc, per_block, ng.buf, ord, inverse);
+    run(in.buf, out.buf, nh, nw, p, bsrc, psrc ? &g : NULL, ng.buf, ord, inverse);
     Py_END_ALLOW_THREADS
     result = Py_NewRef(Py_None);
 done:

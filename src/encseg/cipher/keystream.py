@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from functools import cached_property
 from itertools import permutations
 
 import numpy as np
@@ -36,11 +37,29 @@ CHANNEL_ORDERS = np.array(list(permutations(range(3))), dtype=np.intp)
 _CS_LIMIT = 2**32 - (2**32 % 6)  # words >= this are dropped so `u mod 6` is uniform
 
 
+def _encryptor(key: Key, step_name: str):
+    sub = HKDF(algorithm=hashes.SHA256(), length=32, salt=SALT, info=step_name.encode("ascii")).derive(key.to_bytes())
+    return Cipher(algorithms.AES(sub), modes.CTR(bytes(16))).encryptor()
+
+
 def step_stream(key: Key, step_name: str, nbytes: int) -> bytes:
     """The first `nbytes` of the step's stream: AES-256-CTR(HKDF(key, salt, info=step), counter 0)."""
-    sub = HKDF(algorithm=hashes.SHA256(), length=32, salt=SALT, info=step_name.encode("ascii")).derive(key.to_bytes())
-    enc = Cipher(algorithms.AES(sub), modes.CTR(bytes(16))).encryptor()
+    enc = _encryptor(key, step_name)
     return enc.update(bytes(nbytes)) + enc.finalize()
+
+
+_ZEROS = bytes(1 << 18)
+
+
+def _long_stream(key: Key, step_name: str, nbytes: int) -> memoryview:
+    """step_stream's bytes for long streams, encrypted chunk by chunk into one buffer: the zero input
+    stays in cache and nothing is copied twice (10x faster than step_stream for 16 MB)."""
+    enc = _encryptor(key, step_name)
+    buf = memoryview(bytearray(nbytes + 15))  # update_into wants block_size - 1 spare bytes
+    for off in range(0, nbytes, len(_ZEROS)):
+        k = min(len(_ZEROS), nbytes - off)
+        enc.update_into(memoryview(_ZEROS)[:k], buf[off:off + k + 15])
+    return buf[:nbytes]
 
 
 def draw_permutation(key: Key, step_name: str, n: int) -> np.ndarray:
@@ -56,7 +75,7 @@ def draw_permutation(key: Key, step_name: str, n: int) -> np.ndarray:
 def draw_block_permutations(key: Key, n: int, m: int) -> np.ndarray:
     """n permutations of m (format v2, block-pixel-shuffle), one row per block: row b is the stable
     argsort of little-endian uint64 words [b*m, (b+1)*m) of the step's stream."""
-    data = step_stream(key, BLOCK_PIXEL_SHUFFLE, 8 * n * m)
+    data = _long_stream(key, BLOCK_PIXEL_SHUFFLE, 8 * n * m)
     if _kernel is not None and hasattr(_kernel, "argsort_rows_u64"):
         out = np.empty((n, m), np.int64)
         _kernel.argsort_rows_u64(data, out, m)
@@ -85,27 +104,19 @@ def expand_group_permutation(perm_q: np.ndarray, p: int, q: int) -> np.ndarray:
     """The p*p gather that applies a permutation of q*q positions inside every q x q sub-block
     (along the last axis: one row of permutations, one per block, gives one row of gathers)."""
     r, c = np.divmod(np.arange(p * p), p)
-    j = (r % q) * q + (c % q)
-    sr, sc = np.divmod(perm_q[..., j], q)
-    return ((r // q) * q + sr) * p + (c // q) * q + sc
-
-
-def _block_pixel_gathers(perms: np.ndarray, q: int, origin_then: np.ndarray, origin: np.ndarray, p: int) -> np.ndarray:
-    """The n x p*p pixel gathers by final block position, from the permutations drawn by position when
-    block-pixel-shuffle ran (when `origin_then` mapped positions to original blocks): one row gather,
-    fused with the expansion of a q*q permutation to every q x q sub-block, and none when no block moved since."""
-    then = np.empty_like(origin_then)
-    then[origin_then] = np.arange(origin_then.size)  # original block -> its position when the step ran
-    rows = then[origin]  # final position -> that position
-    moved = not np.array_equal(rows, np.arange(rows.size))
-    if q == p:
-        return perms[rows] if moved else perms
-    r, c = np.divmod(np.arange(p * p), p)
     base = (r // q) * q * p + (c // q) * q  # the top-left pixel of each position's sub-block
     offset = np.arange(q * q) // q * p + np.arange(q * q) % q  # a sub-block position's offset from it
     j = (r % q) * q + (c % q)  # each position's index inside its sub-block
-    picked = perms[rows[:, None], j] if moved else perms[:, j]
-    return base + offset[picked]
+    return base + offset[perm_q[..., j]]
+
+
+def _rows_by_final_position(origin_then: np.ndarray, origin: np.ndarray) -> np.ndarray | None:
+    """For each final block position, the position its block had when `origin_then` was the state
+    (positions -> original blocks); None when no block has moved since."""
+    then = np.empty_like(origin_then)
+    then[origin_then] = np.arange(origin_then.size)  # original block -> its position then
+    rows = then[origin]
+    return None if np.array_equal(rows, np.arange(rows.size)) else rows
 
 
 @dataclass(frozen=True, repr=False)
@@ -114,7 +125,8 @@ class Plan:
 
     Encrypted block b is original block `block_src[b]` with its pixels gathered by `pixel_src` (one
     p*p gather for every block, pixel-shuffle) or by its own row `block_pixel_src[b]` (an n x p*p
-    array, block-pixel-shuffle; at most one of the two is set), channels reordered by
+    array, block-pixel-shuffle, expanded on first use from `block_perms[b]`, block b's permutation of
+    q*q positions with q = `block_group`; at most one of the two is set), channels reordered by
     CHANNEL_ORDERS[orders[b]] and negated where `negate[b]`. `draws` keeps each step's raw draw (for
     test vectors). Holds no key; still derived from one, so it is not printed.
     """
@@ -126,7 +138,15 @@ class Plan:
     negate: np.ndarray | None
     orders: np.ndarray | None
     draws: dict
-    block_pixel_src: np.ndarray | None = None
+    block_perms: np.ndarray | None = None
+    block_group: int | None = None
+
+    @cached_property
+    def block_pixel_src(self) -> np.ndarray | None:
+        if self.block_perms is None:
+            return None
+        q, p = self.block_group, self.block_size
+        return self.block_perms if q == p else expand_group_permutation(self.block_perms, p, q)
 
     def __repr__(self) -> str:
         return f"Plan(block_size={self.block_size}, grid={self.grid})"
@@ -136,7 +156,7 @@ def make_plan(key: Key, scheme: Scheme, nh: int, nw: int) -> Plan:
     """Derive every draw for an image of nh x nw blocks and fuse the steps (see Plan)."""
     p, n = scheme.block_size, nh * nw
     origin = np.arange(n)  # origin[b]: which original block sits at position b right now
-    block_src = pixel_src = block_pixel = negate = orders = None
+    block_src = pixel_src = block_perms = block_group = negate = orders = None
     draws: dict = {}
     for step in scheme.steps:
         if step.name == BLOCK_SCRAMBLE:
@@ -153,7 +173,7 @@ def make_plan(key: Key, scheme: Scheme, nh: int, nw: int) -> Plan:
             q = step.group or p
             perms = draw_block_permutations(key, n, q * q)  # row b: the block at position b now
             draws[step.name] = perms
-            block_pixel = (perms, q, origin)  # expanded once, at the end, by final position
+            block_perms, block_group, origin_then = perms, q, origin  # re-indexed at the end
         elif step.name == NEGATIVE_POSITIVE:
             bits = draw_negate_bits(key, n)
             draws[step.name] = bits
@@ -169,6 +189,8 @@ def make_plan(key: Key, scheme: Scheme, nh: int, nw: int) -> Plan:
         negate = negate[origin]
     if orders is not None:
         orders = orders[origin]
-    if block_pixel is not None:
-        block_pixel = _block_pixel_gathers(*block_pixel, origin, p)
-    return Plan(p, (nh, nw), block_src, pixel_src, negate, orders, draws, block_pixel)
+    if block_perms is not None:
+        rows = _rows_by_final_position(origin_then, origin)
+        if rows is not None:
+            block_perms = block_perms[rows]
+    return Plan(p, (nh, nw), block_src, pixel_src, negate, orders, draws, block_perms, block_group)

@@ -27,8 +27,11 @@ def _run_kernel(x: np.ndarray, plan: Plan, inverse: bool) -> np.ndarray:
     def arr(a, dtype):
         return None if a is None else np.ascontiguousarray(a, dtype=dtype)
 
-    pixel_src = plan.pixel_src if plan.block_pixel_src is None else plan.block_pixel_src  # p*p or n*p*p
-    _kernel.apply(x, out, nh, nw, p, arr(plan.block_src, np.int64), arr(pixel_src, np.int64),
+    if plan.block_perms is not None:  # n permutations of q*q, one per block: the kernel expands them
+        _kernel.apply(x, out, nh, nw, p, arr(plan.block_src, np.int64), arr(plan.block_perms, np.int64),
+                      arr(plan.negate, np.uint8), arr(plan.orders, np.uint8), inverse, plan.block_group)
+        return out
+    _kernel.apply(x, out, nh, nw, p, arr(plan.block_src, np.int64), arr(plan.pixel_src, np.int64),
                   arr(plan.negate, np.uint8), arr(plan.orders, np.uint8), inverse)
     return out
 
