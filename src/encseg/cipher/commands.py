@@ -41,9 +41,36 @@ def parse_size(text: str) -> tuple[int, int]:
     return h, w
 
 
+def check_out(path: Path) -> Path:
+    """Refuse an output path that is a folder, or whose folder cannot be made, before any work."""
+    if path.is_dir():
+        raise UserError(f"{path} is a folder; -o/--out names the file to write")
+    if path.parent.exists() and not path.parent.is_dir():
+        raise UserError(f"{path.parent} is not a folder")
+    return path
+
+
+def _writing(path: Path, write) -> None:
+    """Run a write; a full disk or another OS error becomes one line (nothing half-written stays)."""
+    try:
+        write()
+    except OSError as exc:
+        raise UserError(f"cannot write {path}: {exc.strerror or type(exc).__name__}") from None
+
+
+def _label_map(data: bytes, what: str):
+    try:
+        return decode_label_png(data, what=what)
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a truncated or corrupt PNG is the user's bad file
+        raise UserError(f"{what} is not a readable label map PNG ({type(exc).__name__}: truncated or corrupt)") from None
+
+
 def keygen(out: Path = typer.Option(..., "--out", "-o", help="key file to create (mode 0600)"),
            force: bool = typer.Option(False, help="overwrite an existing key file")) -> None:
     """Make a fresh 256-bit key and write it to a 0600 file (it is never printed)."""
+    check_out(out)
     save_key(Key.generate(), out, overwrite=force)
     typer.echo(f"wrote a new key to {out} (mode 0600)")
 
@@ -61,6 +88,9 @@ def encrypt_cmd(
     max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, help="refuse images with more pixels than this"),
 ) -> None:
     """Encrypt an image with a fresh per-image key and write it as PNG (or JPEG, for segmentation)."""
+    check_out(out)
+    if key_out is not None:
+        check_out(key_out)
     fmt = transport_format(out, fmt)
     if quality is not None and fmt != "jpeg":
         raise UserError("--quality applies to --format jpeg only (PNG is lossless)")
@@ -74,7 +104,7 @@ def encrypt_cmd(
     if key_out is not None:
         save_key(k, key_out)  # before the ciphertext: never leave an image nobody can decrypt
     enc = encrypt(img, k, s)
-    save_encrypted(out, enc, fmt, quality)
+    _writing(out, lambda: save_encrypted(out, enc, fmt, quality))
     h, w = enc.data.shape[:2]
     how = f", JPEG quality {quality}" if fmt == "jpeg" else ""
     typer.echo(f"encrypted {image} ({img.shape[0]}x{img.shape[1]}) -> {out} ({h}x{w}, scheme {s.name}{how})")
@@ -91,10 +121,11 @@ def decrypt_cmd(
     size: Optional[str] = typer.Option(None, help="original HxW, if the PNG records none"),
 ) -> None:
     """Decrypt an encrypted PNG with its key."""
-    require_png_path(out)
+    require_png_path(check_out(out))
     s = Scheme.parse(scheme, block_size=block_size) if scheme else None
     enc = load_encrypted(image, s, parse_size(size) if size else None)
-    write_atomic(out, encode_png(decrypt(enc, load_key(key))))
+    plain = encode_png(decrypt(enc, load_key(key)))
+    _writing(out, lambda: write_atomic(out, plain))
     typer.echo(f"decrypted {image} -> {out}")
 
 
@@ -108,11 +139,11 @@ def decrypt_mask_cmd(
     size: Optional[str] = typer.Option(None, help="original HxW, if --like is not given"),
 ) -> None:
     """Undo the geometry of a label map returned for an encrypted image, and crop the padding."""
-    require_png_path(out)
+    require_png_path(check_out(out))
     if not mask.is_file():
         raise UserError(f"{mask} does not exist or is not a file")
     data = mask.read_bytes()
-    labels = decode_label_png(data, what=str(mask))
+    labels = _label_map(data, str(mask))
     meta = png_metadata(data)
     if like is not None:
         if not like.is_file():
@@ -123,7 +154,8 @@ def decrypt_mask_cmd(
     if s is None or hw is None:
         raise UserError("pass --like ENCRYPTED.png, or --scheme and --size, to say how the image was encrypted")
     s.check_size(*labels.shape)
-    write_atomic(out, encode_png(decrypt_mask(labels, load_key(key), s, hw)))
+    result = encode_png(decrypt_mask(labels, load_key(key), s, hw))
+    _writing(out, lambda: write_atomic(out, result))
     typer.echo(f"decrypted label map {mask} -> {out}")
 
 

@@ -63,22 +63,56 @@ class Key:
     def __format__(self, spec: str) -> str:
         return repr(self)
 
+    def __reduce_ex__(self, protocol: object):
+        # pickle (and multiprocessing, and caches) would write the raw bytes wherever the pickle goes
+        raise TypeError("a Key cannot be pickled: write it with save_key() (0600) if you mean to keep it")
+
+    def __copy__(self) -> "Key":
+        return self  # immutable: a copy is the same key
+
+    def __deepcopy__(self, memo: dict) -> "Key":
+        return self
+
 
 def save_key(key: Key, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
-    """Write the key's hex form to `path`, created with mode 0600 (never briefly wider)."""
+    """Write the key's hex form to `path` as a 0600 file, never following a symlink.
+
+    The key goes to a fresh temporary file in the same folder (O_CREAT | O_EXCL | O_NOFOLLOW, mode
+    0600 from the start), is flushed to disk, then moves into place atomically: with `overwrite`,
+    `rename` replaces whatever is at `path` (a symlink planted there is replaced, its target is never
+    written); without it, `link` refuses if anything (a file, a symlink, even a dangling one) is there.
+    """
     path = Path(path)
-    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if overwrite else os.O_EXCL)
+    if path.is_dir() and not path.is_symlink():
+        raise UserError(f"{path} is a folder; name the key file to write")
+    folder = path.parent
+    tmp = folder / f".{path.name}.{secrets.token_hex(6)}.tmp"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
-        fd = os.open(path, flags, 0o600)
-    except FileExistsError:
-        raise UserError(f"{path} already exists; refusing to overwrite a key file") from None
+        fd = os.open(tmp, flags, 0o600)
     except OSError as exc:
         raise UserError(f"cannot write key file {path}: {exc.strerror}") from None
     try:
-        os.fchmod(fd, 0o600)  # O_CREAT honours the umask only downwards; pin it when overwriting
-        os.write(fd, (key.hex() + "\n").encode("ascii"))
+        try:
+            os.fchmod(fd, 0o600)  # whatever the umask
+            os.write(fd, (key.hex() + "\n").encode("ascii"))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path, follow_symlinks=False)
+            except FileExistsError:
+                raise UserError(f"{path} already exists; refusing to overwrite a key file") from None
+    except OSError as exc:
+        raise UserError(f"cannot write key file {path}: {exc.strerror}") from None
     finally:
-        os.close(fd)
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
     return path
 
 
@@ -89,6 +123,8 @@ def load_key(path: str | os.PathLike) -> Key:
         st = path.stat()
     except FileNotFoundError:
         raise UserError(f"key file {path} does not exist") from None
+    except OSError as exc:
+        raise UserError(f"cannot read key file {path}: {exc.strerror}") from None
     if not stat.S_ISREG(st.st_mode):
         raise UserError(f"key file {path} is not a regular file")
     if st.st_mode & 0o077:
@@ -96,5 +132,10 @@ def load_key(path: str | os.PathLike) -> Key:
             f"key file {path} is accessible by other users (mode {stat.S_IMODE(st.st_mode):04o}); "
             f"run `chmod 600 {path}` if it has not leaked, or discard the key"
         )
-    text = path.read_text(encoding="ascii", errors="replace")
+    if st.st_size > 1024:
+        raise UserError(f"key file {path} is {st.st_size} bytes; a key file holds 64 hex characters")
+    try:
+        text = path.read_text(encoding="ascii", errors="replace")
+    except OSError as exc:
+        raise UserError(f"cannot read key file {path}: {exc.strerror}") from None
     return Key.from_hex(text)
