@@ -320,6 +320,18 @@ def test_c_kernel_and_numpy_paths_give_identical_bytes(scheme, h, w, seed):
     assert np.array_equal(decrypt(without, key), img)
 
 
+def test_a_kernel_built_before_v2_leaves_block_pixel_shuffle_to_numpy_with_the_same_bytes(monkeypatch):
+    from encseg.cipher import keystream, transform
+
+    img = np.random.default_rng(11).integers(0, 256, (20, 28, 3), dtype=np.uint8)
+    key, scheme = Key.generate(), Scheme.parse("bs-psb2-np-cs", block_size=4)
+    expected = reference_encrypt(img, key, scheme)
+    monkeypatch.setattr(transform, "KERNEL_HAS_V2", False)
+    monkeypatch.setattr(keystream, "KERNEL_HAS_V2", False)
+    enc = encrypt(img, key, scheme)
+    assert np.array_equal(enc.data, expected) and np.array_equal(decrypt(enc, key), img)
+
+
 def test_c_kernel_rejects_buffers_that_do_not_match_the_grid():
     from encseg.cipher import transform
 

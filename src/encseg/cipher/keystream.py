@@ -30,6 +30,8 @@ try:  # the optional C kernel (setup.py): same bytes as the numpy paths, faster;
     from encseg.cipher import _blockkernel as _kernel
 except ImportError:
     _kernel = None
+# a kernel built before format v2 lacks the per-block entry points: v2 steps then take the numpy path
+KERNEL_HAS_V2 = _kernel is not None and hasattr(_kernel, "argsort_rows_u64")
 
 SALT = b"encseg/v1"  # the derivation's fixed label, for every step of every format version (v2 too)
 # The six channel orders, lexicographic: RGB, RBG, GRB, GBR, BRG, BGR. out[c] = in[order[c]].
@@ -76,7 +78,7 @@ def draw_block_permutations(key: Key, n: int, m: int) -> np.ndarray:
     """n permutations of m (format v2, block-pixel-shuffle), one row per block: row b is the stable
     argsort of little-endian uint64 words [b*m, (b+1)*m) of the step's stream."""
     data = _long_stream(key, BLOCK_PIXEL_SHUFFLE, 8 * n * m)
-    if _kernel is not None and hasattr(_kernel, "argsort_rows_u64"):
+    if _kernel is not None and KERNEL_HAS_V2:
         out = np.empty((n, m), np.int64)
         _kernel.argsort_rows_u64(data, out, m)
         return out

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from encseg.cipher.keys import Key
-from encseg.cipher.keystream import CHANNEL_ORDERS, Plan, _kernel, make_plan
+from encseg.cipher.keystream import CHANNEL_ORDERS, KERNEL_HAS_V2, Plan, _kernel, make_plan
 from encseg.cipher.scheme import Scheme
 from encseg.errors import UserError
 
@@ -17,6 +17,10 @@ _INVERSE_ORDERS = np.argsort(CHANNEL_ORDERS, axis=1)
 def kernel_available() -> bool:
     """Whether the optional C kernel (setup.py) was built; otherwise the numpy path runs (same bytes)."""
     return _kernel is not None
+
+
+def _use_kernel(plan: Plan) -> bool:
+    return _kernel is not None and (plan.block_perms is None or KERNEL_HAS_V2)
 
 
 def _run_kernel(x: np.ndarray, plan: Plan, inverse: bool) -> np.ndarray:
@@ -147,7 +151,7 @@ def _blocks_to_image(blocks: np.ndarray, nh: int, nw: int, p: int) -> np.ndarray
 
 def apply_plan_to_image(x: np.ndarray, plan: Plan) -> np.ndarray:
     """Encrypt a padded image with a plan: block gather fused with channel orders, pixel gather, NP."""
-    if _kernel is not None:
+    if _use_kernel(plan):
         return _run_kernel(x, plan, inverse=False)
     (nh, nw), p = plan.grid, plan.block_size
     blocks = _image_to_blocks(x, nh, nw, p, plan.block_src, plan.orders)  # BS + CS fused
@@ -162,7 +166,7 @@ def apply_plan_to_image(x: np.ndarray, plan: Plan) -> np.ndarray:
 
 def invert_plan_on_image(y: np.ndarray, plan: Plan) -> np.ndarray:
     """Exact inverse of apply_plan_to_image: undo channel orders while scattering blocks home, then PS, NP."""
-    if _kernel is not None:
+    if _use_kernel(plan):
         return _run_kernel(y, plan, inverse=True)
     (nh, nw), p = plan.grid, plan.block_size
     blocks = _image_to_blocks(y, nh, nw, p, None, plan.orders, _INVERSE_ORDERS, dest=plan.block_src)
