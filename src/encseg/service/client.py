@@ -47,10 +47,23 @@ class SegmentResult:
 
 def default_scheme(info: dict) -> Scheme:
     """The first scheme the model was trained for (the default preset if the server names none)."""
-    schemes = info.get("schemes") or []
-    if schemes:
-        return Scheme.from_dict(schemes[0])
-    return Scheme.parse(DEFAULT_SCHEME, int(info.get("block_size", 16)))
+    try:
+        schemes = info.get("schemes") or []
+        if isinstance(schemes, list) and schemes:
+            return Scheme.from_dict(schemes[0])
+        return Scheme.parse(DEFAULT_SCHEME, int(info.get("block_size", 16)))
+    except UserError as exc:
+        raise UserError(f"the server describes its scheme in a way this client cannot read: {printable(exc)}") from None
+    except (TypeError, ValueError, AttributeError, OverflowError):
+        raise UserError("the server's /v1/info does not describe a scheme this client can read") from None
+
+
+def palette_of(info: dict) -> list:
+    """The palette from /v1/info, or [] (masks then stay uncoloured) if it is not a list of RGB triples."""
+    pal = info.get("palette")
+    ok = (isinstance(pal, list) and len(pal) <= 256
+          and all(isinstance(c, list) and len(c) == 3 and all(isinstance(v, int) and 0 <= v <= 255 for v in c) for c in pal))
+    return pal if ok else []
 
 
 def colour_overlay(img: np.ndarray, mask: np.ndarray, palette: list | np.ndarray, alpha: float = 0.5) -> np.ndarray:
@@ -102,17 +115,30 @@ class HttpBackend:
 
     @staticmethod
     def _refusal(r: httpx.Response) -> UserError:
+        """One line, whatever the server sent: its `detail` if the body is a JSON object with one,
+        else a clipped prefix of the text; control characters (ANSI escapes) never reach the terminal."""
+        detail: object = None
         try:
-            detail = r.json().get("detail")
-        except ValueError:
-            detail = r.text[:200]
-        return UserError(f"the server refused the request (HTTP {r.status_code}): {detail}")
+            body = r.json()
+            if isinstance(body, dict):
+                detail = body.get("detail")
+        except (ValueError, UnicodeDecodeError):
+            pass
+        if not isinstance(detail, str) or not detail:
+            detail = r.content[:200].decode("utf-8", "replace") or "(no message)"
+        return UserError(f"the server refused the request (HTTP {r.status_code}): {printable(detail)}")
 
     def info(self) -> dict:
         r = self._request("GET", "/v1/info")
         if r.status_code != 200:
             raise self._refusal(r)
-        return r.json()
+        try:
+            body = r.json()
+        except (ValueError, UnicodeDecodeError):
+            body = None
+        if not isinstance(body, dict):
+            raise UserError(f"{self.url} is not an encseg server (GET /v1/info did not answer a JSON object)")
+        return body
 
     def segment(self, enc: EncryptedImage) -> np.ndarray:
         body = encode_encrypted(enc, self.transport, self.quality)
@@ -121,11 +147,36 @@ class HttpBackend:
                           data={"scheme": enc.scheme.to_json()})
         if r.status_code != 200:
             raise self._refusal(r)
-        with Image.open(io.BytesIO(r.content), formats=["PNG"]) as im:
-            return np.asarray(im, dtype=np.uint8).copy()
+        return read_label_answer(r.content, enc.data.shape[:2])
 
     def close(self) -> None:
         self.client.close()
+
+
+def printable(text: object, limit: int = 300) -> str:
+    """Server text made safe for a terminal: one line, printable characters only, clipped."""
+    s = "".join(c if c.isprintable() else " " for c in str(text)[: limit * 2])
+    s = " ".join(s.split())
+    return s if len(s) <= limit else s[: limit - 3] + "..."
+
+
+def read_label_answer(content: bytes, shape: tuple[int, int]) -> np.ndarray:
+    """The label map of a 200 answer: an 8-bit single-channel PNG of the image's size, or a UserError."""
+    if not content.startswith(b"\x89PNG\r\n\x1a\n"):
+        raise UserError("the server answered 200 but not with a PNG label map")
+    try:
+        with Image.open(io.BytesIO(content), formats=["PNG"]) as im:
+            if im.mode not in ("L", "P") or im.size[0] * im.size[1] > shape[0] * shape[1] * 4:
+                raise UserError(f"the server answered a {im.mode} {im.size[0]}x{im.size[1]} image, not a label map")
+            labels = np.asarray(im, dtype=np.uint8).copy()
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a broken answer is the server's fault, said in one line
+        raise UserError(f"the server's label map PNG is unreadable ({type(exc).__name__})") from None
+    if labels.shape != tuple(shape):
+        raise UserError(f"the server answered a {labels.shape[0]}x{labels.shape[1]} label map for a "
+                        f"{shape[0]}x{shape[1]} image")
+    return labels
 
 
 class LocalBackend:

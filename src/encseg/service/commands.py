@@ -137,7 +137,7 @@ def segment(
     from encseg.cipher import Scheme, save_key
     from encseg.cipher.io import check_transport, encode_png, read_image, save_encrypted as write_encrypted, write_atomic
     from encseg.cipher.jpeg import DEFAULT_QUALITY
-    from encseg.service.client import HttpBackend, LocalBackend, _transport, default_scheme, segment_image
+    from encseg.service.client import HttpBackend, LocalBackend, _transport, default_scheme, palette_of, segment_image
 
     if (server is None) == (local is None):
         raise UserError("pass exactly one of --server URL or --local CHECKPOINT")
@@ -157,7 +157,7 @@ def segment(
         if scheme is not None:
             s = Scheme.parse(scheme, block_size=block_size or s.block_size)
         check_transport(s, fmt)  # once, before any image: JPEG needs a block size that is a multiple of 8
-        palette = info.get("palette") or []
+        palette = palette_of(info)
         if out.exists() and not out.is_dir():
             raise UserError(f"--out {out} exists and is not a folder")
         names = _out_names(images)
@@ -179,13 +179,13 @@ def segment(
                 failed += 1
                 tqdm.write(f"error: {path}: {exc}", file=sys.stderr)
                 continue
+            if keep_key:  # the key first, never over another: no mask whose key was not saved
+                save_key(res.key, out / f"{stem}.key")
             write_atomic(out / f"{stem}_mask.png", encode_png(res.mask))
             write_atomic(out / f"{stem}_overlay.png", encode_png(res.overlay))
             if save_encrypted:
                 ext = "jpg" if fmt == "jpeg" else "png"  # the same bytes the backend was sent
                 write_encrypted(out / f"{stem}_encrypted.{ext}", res.encrypted, fmt, quality)
-            if keep_key:
-                save_key(res.key, out / f"{stem}.key", overwrite=True)
             del res  # the key goes with it
         done = len(images) - failed
         typer.echo(f"segmented {done}/{len(images)} image(s) with scheme {s.name} -> {out}"
