@@ -73,7 +73,7 @@ def evaluate_cmd(
     trained = (extra.get("train_config") or {}).get("encryption", {})
     s = None
     if encryption != "none":
-        s = Scheme.parse(scheme or trained.get("scheme") or "bs-np-cs", block_size=config.patch_size)
+        s = Scheme.parse(scheme or trained.get("scheme") or "bs-np-cs", block_size=config.block)
     shared = load_key(key) if key is not None else None
     ds = CityscapesDataset(data, split)
     crop_hw, stride_hw = (_window(v, name) for v, name in ((crop, "--crop"), (stride, "--stride")))
@@ -129,14 +129,14 @@ def export_demo_cmd(
     enc = (extra.get("train_config") or {}).get("encryption", {})
     if enc.get("mode") != "per-image":
         raise UserError(f"{checkpoint} was not trained with per-image keys (encryption {enc.get('mode')!r})")
-    scheme = Scheme.parse(enc["scheme"], block_size=config.patch_size)
+    scheme = Scheme.parse(enc["scheme"], block_size=config.block)
     val = CityscapesDataset(data, "val")
     size = list(val.load(0)[0].shape[:2])
     crop_hw, stride_hw = _window(crop, "--crop"), _window(stride, "--stride")
     if crop_hw is None and (size[0] > config.img_size[0] or size[1] > config.img_size[1]):
         crop_hw = tuple(config.img_size)
     if crop_hw is not None and stride_hw is None:
-        p = config.patch_size
+        p = config.block
         stride_hw = tuple(max(p, (3 * c // 4) // p * p) for c in crop_hw)
     result = evaluate(model, val, "cpu", "per-image", scheme, crop=crop_hw, stride=stride_hw, batch_size=8)
     path = write_demo_asset(checkpoint, out, name=f"streets-{config.decoder}-{config.encoder}-per-image-{scheme.name}",

@@ -100,7 +100,7 @@ class TrainConfig:
         for name in ("steps", "batch_size", "accum", "ckpt_every", "log_every"):
             if getattr(r, name) < 1:
                 raise UserError(f"run.{name} must be at least 1")
-        p = self.model.patch_size
+        p = self.model.block
         if d.crop[0] % p or d.crop[1] % p:
             raise UserError(f"data.crop {list(d.crop)} must be a multiple of the patch size {p}")
         if e.mode != "none":
@@ -116,7 +116,7 @@ class TrainConfig:
     def scheme(self):
         from encseg.cipher import Scheme
 
-        return Scheme.parse(self.encryption.scheme, block_size=self.model.patch_size)
+        return Scheme.parse(self.encryption.scheme, block_size=self.model.block)
 
     def to_dict(self) -> dict:
         d = asdict(self)

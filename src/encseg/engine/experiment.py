@@ -157,7 +157,7 @@ def _run_job(run: Run, data_root: str, budget: Budget, data: dict) -> dict:
     val = CityscapesDataset(data_root, "val")
     results = []
     for mode, scheme in run.evals:
-        s = Scheme.parse(scheme, block_size=config.patch_size) if scheme else None
+        s = Scheme.parse(scheme, block_size=config.block) if scheme else None
         key = load_key(shared_key_path(run.cfg)) if mode == "shared" else None
         r = evaluate(model, val, "cpu", mode, s, key, crop=budget.eval_crop, stride=budget.eval_stride,
                      batch_size=budget.eval_batch)

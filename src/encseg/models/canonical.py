@@ -15,10 +15,12 @@ The representative is the orbit element with the smallest descriptor in lexicogr
      sub-block's packed pixels sorted, sub-blocks in row-major order.
 Step 3 only runs for the rare blocks that steps 1-2 leave tied (flat blocks, grey blocks with equal
 channel means). With positions kept (group None) the descriptor determines the block, so the
-representative is unique and the invariance holds for every block, ties included. With an
-order-free group it holds for every block except one case no pixel-order-free function can settle:
-a block whose multiset of pixels is mapped to itself by a non-trivial NP/CS element that changes
-its pixels (e.g. two pixels (a, b, c) and (b, a, c)); see docs/training.md.
+representative is unique. With an order-free group, several variants can share the smallest
+descriptor while differing in where their pixels sit (a block whose multiset of pixels a non-trivial
+NP/CS element maps to itself, e.g. a grey block of half 127s and half 128s under NP); the
+representative is then the mean of those survivors, the same for every variant of the block and
+moved by any pixel shuffle like the block itself. So the invariance holds for every block, ties
+included, in both cases.
 """
 
 from __future__ import annotations
@@ -61,14 +63,34 @@ class BlockCanonical(nn.Module):
         p = self.block_size
         nh, nw = H // p, W // p
         blocks = v.reshape(B, 3, nh, p, nw, p).permute(0, 2, 4, 1, 3, 5).reshape(B * nh * nw, 3, p * p)
-        choice = self.choose(blocks)
-        canon = self.apply_choice(blocks, choice)
+        canon = self.canonicalise(blocks)
         out = canon.reshape(B, nh, nw, 3, p, p).permute(0, 3, 1, 4, 2, 5).reshape(B, 3, H, W)
         return ((out - self.mean) / self.std).to(x.dtype)
 
+    def canonicalise(self, blocks: torch.Tensor) -> torch.Tensor:
+        """The representative of every block [N, 3, P] (0..255 values): the mean of the survivors."""
+        alive = self.survivors(blocks)
+        canon = self.apply_choice(blocks, alive.to(torch.uint8).argmax(-1))
+        tied = alive.sum(-1) > 1
+        if _exporting():
+            idx = torch.arange(blocks.shape[0], device=blocks.device)
+        elif bool(tied.any()):
+            idx = tied.nonzero().squeeze(1)
+        else:
+            return canon
+        w = alive[idx].to(blocks.dtype)
+        mean = (self.apply_all(blocks[idx]) * w[:, :, None, None]).sum(1) / w.sum(1).view(-1, 1, 1)
+        return canon.index_copy(0, idx, mean)
+
     # -- the choice of the orbit element ----------------------------------------------------------
-    def choose(self, blocks: torch.Tensor) -> torch.Tensor:
-        """Index 0..11 (NP bit * 6 + channel order) of each block's representative. blocks: [N, 3, P]."""
+    def survivors(self, blocks: torch.Tensor) -> torch.Tensor:
+        """[N, 12] mask of the variants (NP bit * 6 + channel order) whose descriptor is the smallest.
+
+        With positions kept the survivors are all the same block; order-free, they can differ in
+        their pixels' arrangement (a multiset that a non-trivial NP/CS element maps to itself), and the
+        representative is then their mean, which is the same for every variant of the block and
+        moves with any pixel shuffle.
+        """
         n_pix = blocks.shape[-1]
         sums = blocks.sum(-1)  # [N, 3], exact integers in float32 (<= 255 * 3 * 256^2 < 2^24 for p <= 256)
         cand = torch.stack([sums, 255.0 * n_pix - sums], 1)[:, :, self.orders]  # [N, 2, 6, 3]
@@ -83,7 +105,7 @@ class BlockCanonical(nn.Module):
             idx = tied.nonzero().squeeze(1)
             alive = alive.clone()
             alive[idx] = _eliminate(alive[idx], self._pixel_keys(blocks[idx]))
-        return alive.to(torch.uint8).argmax(-1)  # the first survivor (all survivors are the same block)
+        return alive
 
     def _pixel_keys(self, blocks: torch.Tensor) -> list[torch.Tensor]:
         """Step 3's descriptor columns for all 12 variants: list of [N, 12] tensors."""

@@ -166,6 +166,46 @@ class TokenHead(nn.Module):
         return F.pixel_shuffle(x, self.patch_size)  # [B, C*p*p, h, w] -> [B, C, h*p, w*p]
 
 
+class SortedTokenHead(nn.Module):
+    """Token-wise decoder for pixel-shuffled blocks: each token predicts logits per sorted pixel slot.
+
+    Like `TokenHead`, each token gives p*p logit vectors, but slot k of sub-block s belongs to the
+    pixel of rank k in that sub-block's value order (`pixel_sort_order`), not to a fixed position.
+    Identical pixels (tied ranks) get the mean of their slots, so every pixel's logits depend only
+    on its block's token and its own value: pixel shuffling inside q x q sub-blocks moves the logits
+    with the pixels, exactly, and block scrambling moves them with the tokens.
+    """
+
+    def __init__(self, dim: int, num_classes: int, patch_size: int, group: int, norm: str, channels: int = 256):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.proj = ConvNormAct(dim, channels, 1, norm)
+        self.cls = nn.Conv2d(channels, num_classes * patch_size * patch_size, 1)
+        self.patch_size, self.group, self.num_classes = patch_size, group, num_classes
+
+    def forward(self, x: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        from encseg.models.vit import pixel_sort_order
+
+        B, _, h, w = x.shape
+        p, q, C = self.patch_size, self.group, self.num_classes
+        r = p // q
+        logits = self.cls(self.proj(token_layer_norm(self.norm, x)))  # [B, C*p*p, h, w]
+        logits = logits.reshape(B, C, r * r, q * q, h * w).permute(0, 1, 4, 2, 3)  # [B, C, N, S, q*q] by slot
+        order, keys = pixel_sort_order(image, p, q)  # [B, N, S, q*q]
+        # tied ranks (identical pixels) share the mean of their slots
+        new_run = torch.ones_like(keys, dtype=torch.bool)
+        new_run[..., 1:] = keys[..., 1:] != keys[..., :-1]
+        run = (new_run.cumsum(-1) - 1).unsqueeze(1).expand_as(logits)
+        sums = torch.zeros_like(logits).scatter_add_(-1, run, logits)
+        counts = torch.zeros_like(logits).scatter_add_(-1, run, torch.ones_like(logits))
+        logits = (sums / counts.clamp(min=1)).gather(-1, run)
+        # slot k -> the position order[k]
+        inverse = order.argsort(-1).unsqueeze(1).expand_as(logits)
+        logits = logits.gather(-1, inverse)  # [B, C, N, S, q*q] by position
+        logits = logits.reshape(B, C, h, w, r, r, q, q).permute(0, 1, 2, 4, 6, 3, 5, 7)
+        return logits.reshape(B, C, h * p, w * p)
+
+
 class PixelHead(nn.Module):
     """Per-pixel decoder: every pixel's logits from its block's token feature and its own value.
 
@@ -189,3 +229,41 @@ class PixelHead(nn.Module):
         token = self.token_mlp(token_layer_norm(self.norm, x))
         token = F.interpolate(token, size=image.shape[-2:], mode="nearest")  # block's token on each pixel
         return self.cls(self.mix(F.relu(token + self.pixel_mlp(image))))
+
+
+class MaskHead(nn.Module):
+    """Segmenter-style mask transformer, key-invariant: learned class queries attend to the tokens.
+
+    The tokens (no positions) and one learned query per class go through `layers` transformer blocks
+    together; each token is then expanded to its own p x p sub-patch features, and a pixel's logit for
+    class c is the scaled cosine between its sub-patch feature and class c's output embedding.
+    Attention over a set and token-wise expansion commute with any permutation of the tokens, so the
+    head keeps the block-scrambling equivariance of a position-free encoder.
+    """
+
+    def __init__(self, dim: int, num_classes: int, patch_size: int, heads: int, layers: int = 2, mask_dim: int = 32):
+        super().__init__()
+        from encseg.models.vit import Block  # heads.py is imported by vit-free code paths too
+
+        self.patch_size, self.mask_dim = patch_size, mask_dim
+        self.queries = nn.Parameter(torch.randn(1, num_classes, dim) * 0.02)
+        self.blocks = nn.ModuleList(Block(dim, heads) for _ in range(layers))
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.pixel_proj = nn.Linear(dim, patch_size * patch_size * mask_dim)
+        self.class_proj = nn.Linear(dim, mask_dim)
+        self.scale = nn.Parameter(torch.tensor(10.0))
+        self.bias = nn.Parameter(torch.zeros(num_classes))
+
+    def forward(self, x: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        B, D, h, w = x.shape
+        C, p = self.queries.shape[1], self.patch_size
+        t = torch.cat([x.flatten(2).transpose(1, 2), self.queries.expand(B, -1, -1)], 1)
+        for block in self.blocks:
+            t = block(t)
+        t = self.norm(t)
+        tokens, classes = t[:, : h * w], t[:, h * w :]
+        pix = F.normalize(self.pixel_proj(tokens).reshape(B, h * w, p * p, self.mask_dim), dim=-1)
+        cls = F.normalize(self.class_proj(classes), dim=-1)  # [B, C, d]
+        logits = torch.einsum("bnpd,bcd->bcnp", pix, cls) * self.scale + self.bias.view(1, C, 1, 1)
+        logits = logits.reshape(B, C * 1, h, w, p, p).permute(0, 1, 2, 4, 3, 5).reshape(B, C, h * p, w * p)
+        return logits

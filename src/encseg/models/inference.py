@@ -80,7 +80,7 @@ def predict(
     if arr.dtype != np.uint8 or arr.ndim not in (3, 4) or arr.shape[-1] != 3:
         raise UserError(f"expected a uint8 image HxWx3 (or a stack BxHxWx3), got {arr.dtype} {arr.shape}")
     config = getattr(model, "config", None)
-    p = getattr(config, "patch_size", 16)
+    p = getattr(config, "block", getattr(config, "patch_size", 16))  # the cipher block (canonicalisation, block positions)
     x = normalize(torch.from_numpy(np.ascontiguousarray(arr if not single else arr[None])).to(device))
     H, W = x.shape[-2:]
     pad_h, pad_w = -H % p, -W % p

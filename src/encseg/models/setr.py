@@ -26,11 +26,14 @@ import torch
 from torch import nn
 
 from encseg.errors import UserError
+from encseg.models.canonical import BlockCanonical
 from encseg.models.heads import (
     ClassifierHead,
+    MaskHead,
     MLAHead,
     MLANeck,
     PixelHead,
+    SortedTokenHead,
     TokenHead,
     naive_head,
     pup_head,
@@ -38,11 +41,13 @@ from encseg.models.heads import (
 )
 from encseg.models.vit import VIT_PRESETS, ViT
 
-DECODERS = ("naive", "pup", "mla", "token")
+DECODERS = ("naive", "pup", "mla", "token", "mask")
+KEY_INVARIANT_DECODERS = ("token", "mask")  # nothing mixes neighbouring tokens: block scrambling commutes
 NORMS = ("bn", "syncbn", "gn")
 
 # Layer taps of the reference (ViT-L, 24 layers, 0-indexed); scaled for other depths by `scale_taps`.
-REFERENCE_TAPS = {"naive": (9, 14, 19, 23), "pup": (9, 14, 19, 23), "token": (9, 14, 19, 23), "mla": (5, 11, 17, 23)}
+REFERENCE_TAPS = {"naive": (9, 14, 19, 23), "pup": (9, 14, 19, 23), "token": (9, 14, 19, 23),
+                  "mask": (9, 14, 19, 23), "mla": (5, 11, 17, 23)}
 
 
 @dataclass
@@ -62,6 +67,10 @@ class SETRConfig:
     aux_weight: float = 0.4  # loss weight of each auxiliary head (for the engine)
     pos_interp: str = "bilinear"  # position-embedding resize mode: "bilinear" (SETR) or "bicubic"
     channels: int = 256  # decoder width
+    canonical: bool = False  # canonicalise NP/CS per cipher block at the input (encseg.models.canonical)
+    cipher_block: int = 0  # the cipher's block size the model is built for (0: the patch size)
+    pixel_group: int = 0  # q > 0: sorted patch embedding + slot decoder, order-free inside q x q sub-blocks
+    block_position: bool = False  # key-invariant models with cipher_block > patch: position inside the block
 
     def __post_init__(self) -> None:
         self.img_size = (int(self.img_size[0]), int(self.img_size[1]))
@@ -75,8 +84,42 @@ class SETRConfig:
             raise UserError(f"img_size {self.img_size} must be a positive multiple of patch_size {self.patch_size}")
         if self.invariant_embedding and self.decoder != "token":
             raise UserError("invariant_embedding=True needs decoder='token' (its per-pixel decoder)")
+        if self.pixel_group and (self.decoder != "token" or self.invariant_embedding or self.patch_size % self.pixel_group):
+            raise UserError("pixel_group=q needs decoder='token', no invariant_embedding, and q dividing the patch size")
+        block = self.block
+        if block % self.patch_size or self.img_size[0] % block or self.img_size[1] % block:
+            raise UserError(f"cipher_block {block} must be a multiple of the patch size and divide img_size {self.img_size}")
+        if self.block_position and (block == self.patch_size or self.position_embedding):
+            raise UserError("block_position needs cipher_block > patch_size and position_embedding=False")
         if self.num_classes < 1:
             raise UserError("num_classes must be at least 1")
+
+    @property
+    def block(self) -> int:
+        """The cipher block size the model is built for."""
+        return self.cipher_block or self.patch_size
+
+    @property
+    def invariances(self) -> tuple[str, ...]:
+        """Scheme step codes the model commutes with by construction (exactly, for any key).
+
+        bs: block scrambling (no absolute position, token-wise decoding); np, cs: per-block
+        canonicalisation; ps / psb: pixel shuffling (order-free patch embedding, per-pixel decoding);
+        ps<q> / psb<q>: restricted pixel shuffling inside q x q sub-blocks.
+        """
+        out = []
+        if self.decoder in KEY_INVARIANT_DECODERS and not self.position_embedding:
+            out.append("bs")
+        if self.canonical:
+            out += ["np", "cs"]
+        if self.invariant_embedding:
+            out += ["ps", "psb"] + [f"ps{q}" for q in range(1, self.patch_size + 1) if self.patch_size % q == 0] \
+                + [f"psb{q}" for q in range(1, self.patch_size + 1) if self.patch_size % q == 0]
+        elif self.pixel_group:
+            q = self.pixel_group
+            out += ["ps", "psb"] if q == self.patch_size else []
+            out += [f"ps{d}" for d in range(1, q + 1) if q % d == 0] + [f"psb{d}" for d in range(1, q + 1) if q % d == 0]
+        return tuple(out)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -124,7 +167,11 @@ class SETR(nn.Module):
             invariant_embedding=cfg.invariant_embedding,
             drop_path=cfg.drop_path,
             pos_interp=cfg.pos_interp,
+            pixel_group=cfg.pixel_group,
+            block_position=cfg.block // cfg.patch_size if cfg.block_position else 0,
         )
+        self.canonical = BlockCanonical(cfg.block, cfg.patch_size if cfg.invariant_embedding else (cfg.pixel_group or None)) \
+            if cfg.canonical else None
         D, C, ch, norm = size.dim, cfg.num_classes, cfg.channels, cfg.norm
         self.neck: MLANeck | None = None
         levels = len(taps)
@@ -139,6 +186,12 @@ class SETR(nn.Module):
             self.neck = MLANeck(D, ch, levels, norm)
             self.decode_head = MLAHead(ch, C, levels, norm)
             aux = [ClassifierHead(ch, C) for _ in range(n_aux)]  # one per neck output
+        elif cfg.decoder == "mask":
+            self.decode_head = MaskHead(D, C, cfg.patch_size, size.heads)
+            aux = [TokenHead(D, C, cfg.patch_size, norm, ch) for _ in range(n_aux)]
+        elif cfg.pixel_group:  # key-invariant under pixel shuffle inside q x q sub-blocks: sorted slots
+            self.decode_head = SortedTokenHead(D, C, cfg.patch_size, cfg.pixel_group, norm, ch)
+            aux = [SortedTokenHead(D, C, cfg.patch_size, cfg.pixel_group, norm, ch) for _ in range(n_aux)]
         elif cfg.invariant_embedding:  # key-invariant under pixel shuffle too: per-pixel decoding
             self.decode_head = PixelHead(D, C, norm, ch)
             aux = [PixelHead(D, C, norm, ch) for _ in range(n_aux)]
@@ -148,6 +201,8 @@ class SETR(nn.Module):
         self.aux_heads = nn.ModuleList(aux)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor | list[torch.Tensor]]:
+        if self.canonical is not None:
+            x = self.canonical(x)  # a function of the ciphertext alone: every NP/CS variant of a block -> one block
         feats = self.encoder(x)  # one [B, D, H/p, W/p] map per tap, deepest last
         if self.neck is not None:
             feats = self.neck(feats)

@@ -98,6 +98,61 @@ class SetPatchEmbed(nn.Module):
         return self.proj(pooled)  # [B, D, H/p, W/p]
 
 
+def pixel_sort_order(x: torch.Tensor, patch_size: int, group: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per q x q sub-block of each p x p block: the pixels' order sorted by value, and the sorted keys.
+
+    x: normalised images [B, 3, H, W]. A pixel's key is its 0..255 value packed as r * 65536 + g * 256
+    + b (a total order on pixels; only identical pixels tie). Returns (order, keys), both
+    [B, N, S, q*q] with N blocks (row-major) and S = (p/q)^2 sub-blocks (row-major) per block; `order`
+    indexes the q*q positions of a sub-block (row-major).
+    """
+    from encseg.models.inference import IMAGENET_MEAN, IMAGENET_STD
+
+    mean = x.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = x.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    v = (x.float() * std.float() + mean.float()).round().clamp(0, 255)
+    key = v[:, 0] * 65536 + v[:, 1] * 256 + v[:, 2]  # [B, H, W], exact in float32 (< 2^24)
+    sub = subblocks(key.unsqueeze(1), patch_size, group)[:, 0]  # [B, N, S, q*q]
+    keys, order = sub.sort(dim=-1, stable=True)
+    return order, keys
+
+
+def subblocks(x: torch.Tensor, patch_size: int, group: int) -> torch.Tensor:
+    """[B, C, H, W] -> [B, C, N, S, q*q]: blocks row-major, their q x q sub-blocks row-major, pixels row-major."""
+    B, C, H, W = x.shape
+    p, q = patch_size, group
+    r = p // q
+    x = x.reshape(B, C, H // p, r, q, W // p, r, q).permute(0, 1, 2, 5, 3, 6, 4, 7)
+    return x.reshape(B, C, (H // p) * (W // p), r * r, q * q)
+
+
+class SortedPatchEmbed(nn.Module):
+    """Patch embedding invariant to pixel order inside every q x q sub-block (pixel shuffling), by sorting.
+
+    Inside each q x q sub-block the pixels are sorted by value (`pixel_sort_order`); the token is a
+    linear map of the block's sorted sub-blocks (sub-blocks keep their layout). Sorting forgets where
+    a pixel sat and keeps everything else about the sub-block's pixels (the whole multiset, with
+    each pixel's three channels together), so any pixel shuffle inside sub-blocks -- one permutation
+    per image (v1 `ps<q>`) or one per block (v2 `psb<q>`) -- leaves the token unchanged. q = p: the
+    whole block is order-free (`ps`, `psb`). As cheap as the linear embedding.
+    """
+
+    def __init__(self, patch_size: int, dim: int, group: int, in_chans: int = 3):
+        super().__init__()
+        if group < 1 or patch_size % group:
+            raise ValueError(f"group {group} must divide the patch size {patch_size}")
+        self.patch_size, self.group = patch_size, group
+        self.proj = nn.Linear(in_chans * patch_size * patch_size, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        order, _ = pixel_sort_order(x, self.patch_size, self.group)
+        sub = subblocks(x, self.patch_size, self.group)  # [B, C, N, S, q*q]
+        ordered = sub.gather(-1, order.unsqueeze(1).expand_as(sub))
+        tokens = self.proj(ordered.permute(0, 2, 1, 3, 4).reshape(B, order.shape[1], -1))  # [B, N, D]
+        return tokens.transpose(1, 2).reshape(B, -1, H // self.patch_size, W // self.patch_size)
+
+
 class Attention(nn.Module):
     """Multi-head self-attention with one fused qkv projection and `F.scaled_dot_product_attention`."""
 
@@ -179,6 +234,8 @@ class ViT(nn.Module):
         invariant_embedding: bool = False,
         drop_path: float = 0.0,
         pos_interp: str = "bilinear",
+        pixel_group: int = 0,
+        block_position: int = 0,
     ):
         super().__init__()
         if not taps or sorted(set(taps)) != list(taps) or taps[-1] != size.depth - 1 or taps[0] < 0:
@@ -192,6 +249,8 @@ class ViT(nn.Module):
 
         if invariant_embedding:
             self.patch_embed: nn.Module = SetPatchEmbed(patch_size, size.dim)
+        elif pixel_group:
+            self.patch_embed = SortedPatchEmbed(patch_size, size.dim, pixel_group)
         else:
             self.patch_embed = PatchEmbed(patch_size, size.dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, size.dim)) if class_token else None
@@ -200,6 +259,9 @@ class ViT(nn.Module):
             self.pos_embed = nn.Parameter(torch.zeros(1, n, size.dim))
         else:
             self.pos_embed = None
+        # position inside a cipher block of r x r tokens (r = block_position): survives block scrambling
+        self.block_position = block_position
+        self.block_pos_embed = nn.Parameter(torch.zeros(1, block_position**2, size.dim)) if block_position > 1 else None
         rates = [drop_path * i / max(size.depth - 1, 1) for i in range(size.depth)]  # stochastic depth grows with depth
         self.blocks = nn.ModuleList(Block(size.dim, size.heads, size.mlp_ratio, r) for r in rates)
         self._init_weights()
@@ -212,6 +274,8 @@ class ViT(nn.Module):
                 nn.init.zeros_(m.bias)
         if self.pos_embed is not None:
             nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        if self.block_pos_embed is not None:
+            nn.init.trunc_normal_(self.block_pos_embed, std=0.02)
         if self.cls_token is not None:
             nn.init.normal_(self.cls_token, std=1e-6)
 
@@ -219,6 +283,10 @@ class ViT(nn.Module):
         x = self.patch_embed(x)
         B, D, gh, gw = x.shape
         x = x.flatten(2).transpose(1, 2)  # [B, N, D], tokens in row-major block order
+        if self.block_pos_embed is not None:
+            r = self.block_position
+            pe = self.block_pos_embed.reshape(1, r, r, D).repeat(1, gh // r, gw // r, 1).reshape(1, gh * gw, D)
+            x = x + pe
         if self.cls_token is not None:
             x = torch.cat([self.cls_token.expand(B, -1, -1), x], dim=1)
         if self.pos_embed is not None:
