@@ -1,14 +1,23 @@
 """The browser client in a real browser: Debian's chromium, headless, driven by playwright-core under
-node (tests/browser/). (a) The page's WebCrypto cipher reproduces every test vector byte for byte;
-(b) end to end, the page's decrypted mask equals the Python client's for the same key, and no
-request the page makes carries the key. A screenshot goes to test-artifacts/browser/."""
+node (tests/browser/run.mjs). (a) The page's WebCrypto cipher reproduces every test vector byte for
+byte; (b) end to end, the page's decrypted mask equals the Python client's for the same key, and no
+request carries the key; (c) the page as a product (issue 14): honest status for `plain`, no race
+between runs, errors that clear stale results, trained-for schemes, stages and cancel, a lost
+server, the server's limits, the same file reading as the Python client, the CSP, accessibility.
+All page scenarios run in one chromium (one node call), against tiny stand-in servers. Screenshots
+go to test-artifacts/browser/ (page-desktop.png, page-phone.png, page-zoom.png)."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import re
 import shutil
+import struct
 import subprocess
+import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -16,22 +25,95 @@ import pytest
 import torch
 from PIL import Image
 
-from _service_support import scene, serve
+from _service_support import chunk, scene, serve, stand_in_segmenter
 from encseg.cipher import Key, Scheme
+from encseg.cipher.io import read_image
+from encseg.errors import UserError
+from encseg.service.app import ServiceConfig
 from encseg.service.client import HttpBackend, segment_image
+from encseg.service.segmenter import Segmenter
+from encseg.service.validation import Limits
 
 ROOT = Path(__file__).resolve().parents[1]
 BROWSER_DIR = ROOT / "tests" / "browser"
 VECTORS = ROOT / "tests" / "vectors"
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = Path(os.environ.get("ENCSEG_TEST_ARTIFACTS", ROOT / "test-artifacts")) / "browser"
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; connect-src 'self'; "
+       "object-src 'none'; base-uri 'none'; form-action 'self'")
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not Path(CHROMIUM).exists(),
-                       reason=f"Debian's chromium is not installed at {CHROMIUM} (apt-get install -y chromium)"),
-]
+needs_browser = pytest.mark.skipif(not Path(CHROMIUM).exists(),
+                                   reason=f"Debian's chromium is not installed at {CHROMIUM} (apt-get install -y chromium)")
+pytestmark = pytest.mark.browser
 
+
+# -- files that both clients read ------------------------------------------------------------------
+
+def _exif(orientation: int) -> bytes:
+    ex = Image.Exif()
+    ex[0x0112] = orientation
+    return ex.tobytes()
+
+
+def _png16_rgb(h: int, w: int) -> bytes:
+    rows = b"".join(b"\x00" + bytes(range(256)) * (6 * w // 256) + b"\x00" * (6 * w % 256) for _ in range(h))
+    ihdr = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+
+
+def reading_corpus(folder: Path) -> dict[str, bool]:
+    """Files covering section 11 of docs/encryption-format.md -> whether a client must accept them."""
+    img = scene(40, 56, seed=5)
+    pil = Image.fromarray(img)
+    files: dict[str, tuple[bytes, bool]] = {}
+
+    def save(name: str, accept: bool, im: Image.Image | None = None, **kw) -> None:
+        buf = io.BytesIO()
+        (im or pil).save(buf, format=kw.pop("format", name.rsplit(".", 1)[1].replace("jpg", "jpeg").upper()), **kw)
+        files[name] = (buf.getvalue(), accept)
+
+    save("rot6.jpg", True, quality=90, subsampling=0, exif=_exif(6))
+    save("rot3-420.jpg", True, quality=85, exif=_exif(3))
+    save("progressive.jpg", True, quality=80, progressive=True)
+    save("rot8.png", True, exif=_exif(8))
+    save("grey.png", True, pil.convert("L"))
+    save("palette.png", True, pil.convert("P"))
+    save("opaque.gif", True, pil.convert("P"))
+    save("lossless.webp", True, lossless=True)
+    save("rgba.png", False, Image.fromarray(np.dstack([img, np.full(img.shape[:2], 200, np.uint8)])))
+    save("opaque-rgba.png", False, pil.convert("RGBA"))
+    save("trns.png", False, transparency=(1, 2, 3))
+    save("grey16.png", False, Image.fromarray((img[..., 0].astype(np.uint16) * 257)), format="PNG")
+    save("transparent.gif", False, pil.convert("P"), transparency=0)
+    save("alpha.webp", False, Image.fromarray(np.dstack([img, np.full(img.shape[:2], 100, np.uint8)])), lossless=True)
+    save("cmyk.jpg", False, pil.convert("CMYK"), quality=90)
+    files["rgb16.png"] = (_png16_rgb(8, 12), False)
+    files["notes.png"] = (b"these are my notes, not an image\n" * 20, False)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, (data, _) in files.items():
+        (folder / name).write_bytes(data)
+    return {name: accept for name, (_, accept) in files.items()}
+
+
+def test_python_client_reads_files_as_the_spec_says(tmp_path):
+    """Section 11 on the Python side: EXIF orientation applied; 16-bit, transparency and CMYK refused."""
+    expected = reading_corpus(tmp_path)
+    for name, accept in expected.items():
+        if accept:
+            arr = read_image(tmp_path / name)
+            assert arr.dtype == np.uint8 and arr.ndim == 3 and arr.shape[2] == 3, name
+        else:
+            with pytest.raises(UserError):
+                read_image(tmp_path / name)
+    upright = scene(40, 56, seed=5)
+    assert np.array_equal(read_image(tmp_path / "rot8.png"), np.rot90(upright, 1))  # orientation 8: 90 deg counter-clockwise
+    rot6 = read_image(tmp_path / "rot6.jpg")
+    assert rot6.shape == (56, 40, 3)  # orientation 6 swaps the sides
+    jpg = np.asarray(Image.open(tmp_path / "rot6.jpg").convert("RGB"))
+    assert np.array_equal(rot6, np.rot90(jpg, -1))
+
+
+# -- node and the servers ----------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def node_runner():
@@ -43,7 +125,7 @@ def node_runner():
         assert npm, "npm is required to install playwright-core for the browser tests"
         subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=BROWSER_DIR, check=True, timeout=300)
 
-    def run(*args: str, timeout: float = 120) -> dict:
+    def run(*args: str, timeout: float = 240) -> dict:
         env = {**os.environ, "CHROMIUM": CHROMIUM}
         p = subprocess.run([node, str(BROWSER_DIR / "run.mjs"), *map(str, args)], cwd=BROWSER_DIR, env=env,
                            capture_output=True, text=True, timeout=timeout)
@@ -56,12 +138,89 @@ def node_runner():
 @pytest.fixture(scope="module")
 def server():
     torch.set_num_threads(1)
-    from _service_support import stand_in_segmenter
-
     with serve(stand_in_segmenter(schemes=("bs-ps-np-cs",))) as srv:
         yield srv
 
 
+@pytest.fixture(scope="module")
+def tight_server():
+    """Small limits, so images over them are cheap to make: 256 px a side, 64 Ki pixels, 120 kB bodies."""
+    limits = Limits(max_body_bytes=120_000, max_pixels=256 * 256, max_side=256)
+    with serve(stand_in_segmenter(schemes=("bs-np-cs",)), ServiceConfig(limits=limits)) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def slow_server():
+    """Takes 2 s to segment: long enough to watch the stages and press Cancel."""
+    base = stand_in_segmenter(schemes=("bs-ps-np-cs",))
+
+    class Slow(Segmenter):
+        def predict(self, images, topk=0):
+            time.sleep(2.0)
+            return super().predict(images, topk)
+
+    with serve(Slow(base.model, base.info)) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("files")
+    expected = reading_corpus(folder / "reading")
+    Image.fromarray(scene(70, 100, seed=11)).save(folder / "street.png")  # not a multiple of 16: padding and cropping
+    Image.fromarray(scene(384, 512, seed=2)).save(folder / "big.png")
+    Image.fromarray(scene(40, 56, seed=3)).save(folder / "small.png")
+    Image.fromarray(scene(100, 320, seed=4)).save(folder / "wide.png")
+    noise = np.random.default_rng(0).integers(0, 256, (208, 208, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(folder / "noise.png")
+    Image.fromarray(np.dstack([scene(40, 56, seed=6), np.full((40, 56), 128, np.uint8)])).save(folder / "alpha.png")
+    (folder / "notes.png").write_bytes(b"not an image at all\n" * 10)
+    return folder, expected
+
+
+@pytest.fixture(scope="module")
+def page(node_runner, server, tight_server, slow_server, corpus, tmp_path_factory):
+    """Every page scenario of run.mjs in one chromium: {scenario: result}."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"Debian's chromium is not installed at {CHROMIUM}")
+    folder, expected = corpus
+    other = server.url.replace("127.0.0.1", "localhost")
+    spec = {
+        "e2e": {"url": server.url, "image": str(folder / "street.png"), "artefacts": str(ARTIFACTS)},
+        "plain": {"url": server.url, "image": str(folder / "small.png")},
+        "race": {"url": server.url, "big": str(folder / "big.png"), "small": str(folder / "small.png")},
+        "stale": {"url": server.url, "image": str(folder / "street.png"), "bad": str(folder / "notes.png"),
+                  "refused": str(folder / "alpha.png")},
+        "trained": {"url": server.url, "image": str(folder / "small.png"), "untrained": "bs-np-cs"},
+        "stages": {"url": server.url, "slowUrl": slow_server.url, "image": str(folder / "street.png")},
+        "files": {"url": server.url, "files": [str(folder / "reading" / n) for n in expected]},
+        "limits": {"url": tight_server.url, "tooWide": str(folder / "wide.png"), "tooHeavy": str(folder / "noise.png")},
+        "csp": {"url": server.url, "other": other},
+    }
+    only = os.environ.get("ENCSEG_BROWSER_ONLY")  # e.g. "e2e,csp" while working on one scenario
+    if only:
+        spec = {k: v for k, v in spec.items() if k in only.split(",")}
+    spec_path = tmp_path_factory.mktemp("spec") / "spec.json"
+    spec_path.write_text(json.dumps(spec))
+    return node_runner("scenarios", spec_path)
+
+
+def result(page: dict, name: str) -> dict:
+    if name not in page:
+        pytest.skip(f"scenario {name} not in ENCSEG_BROWSER_ONLY")
+    r = page[name]
+    assert "error" not in r, f"scenario {name} failed in the browser:\n{r['error']}"
+    return r
+
+
+def dones(snap: dict) -> int:
+    return sum(1 for s in snap["states"] if s["state"] == "done")
+
+
+# -- the cipher and the round trip ---------------------------------------------------------------------
+
+@needs_browser
 def test_page_cipher_reproduces_every_test_vector_byte_for_byte(node_runner, server):
     files = sorted(VECTORS.glob("*.json"))
     assert len(files) >= 10
@@ -70,41 +229,254 @@ def test_page_cipher_reproduces_every_test_vector_byte_for_byte(node_runner, ser
     assert sorted(results) == [f.name for f in files]
     failed = {name: [k for k, ok in r["checks"].items() if not ok] for name, r in results.items() if not r["ok"]}
     assert not failed, f"the page's cipher disagrees with the vectors: {failed}"
-    # every vector checked its ciphertext, labels, decryption, and each step's sub-key, stream and draw
-    for f in files:
+    for f in files:  # every vector checked its ciphertext, labels, decryption, and each step's sub-key, stream and draw
         v = json.loads(f.read_text())
         checks = results[f.name]["checks"]
         assert {"ciphertext", "decrypt", "encrypted_labels", "decrypt_mask"} <= set(checks)
         assert all(f"draw:{s}" in checks for s in v["streams"])
 
 
-def test_page_end_to_end_matches_the_python_client_for_the_same_key(node_runner, server, tmp_path):
-    img = scene(70, 100, seed=11)  # not a multiple of 16: exercises padding and cropping in the page
-    path = tmp_path / "street.png"
-    Image.fromarray(img).save(path)
-    out = node_runner("e2e", server.url, path, ARTIFACTS)
+@needs_browser
+def test_page_end_to_end_matches_the_python_client_for_the_same_key(page, server, corpus):
+    out = result(page, "e2e")
     assert out["state"] == "done", f"{out['status']} / console: {out['console']}"
-    assert (ARTIFACTS / "browser-e2e.png").stat().st_size > 10_000
     res = out["result"]
     assert (res["height"], res["width"]) == (70, 100)
     page_mask = np.frombuffer(bytes.fromhex(res["mask"]), np.uint8).reshape(70, 100)
     scheme = Scheme.from_dict(res["scheme"])
-    assert scheme == Scheme.parse("bs-ps-np-cs")  # the page defaults to the scheme the model was trained for
+    assert scheme == Scheme.parse("bs-ps-np-cs")  # the server's default_scheme, the one it was trained for
 
+    img = read_image(corpus[0] / "street.png")
     key = Key.from_hex(res["key"])
     http = HttpBackend(server.url)
     py = segment_image(img, http, scheme, http.info()["palette"], key=key)
     assert bytes.fromhex(res["encrypted"]) == py.encrypted.data.tobytes()  # same key -> same ciphertext
     assert np.array_equal(page_mask, py.mask)
     assert len(out["legend"]) >= 1
+    assert "encrypted image" in out["status"] and "no key" in out["status"]
 
     # the key never left the page: no URL or body of any request it made contains it
     segs = [r for r in out["requests"] if r["url"].endswith("/v1/segment")]
     assert len(segs) == 1 and segs[0]["method"] == "POST"
     assert all(res["key"] not in r["url"] + r["body"] and res["key"].upper() not in r["body"] for r in out["requests"])
     assert all(r["url"].startswith(server.url) for r in out["requests"])
+    assert not [c for c in out["console"] if c.startswith(("error", "pageerror"))], out["console"]
 
 
+# -- 1. plain ------------------------------------------------------------------------------------------
+
+@needs_browser
+def test_plain_scheme_asks_before_sending_and_says_the_image_went_unencrypted(page):
+    out = result(page, "plain")
+    assert "sees it" in out["noteBefore"]
+    confirm = out["confirm"]
+    assert confirm["state"] == "confirm" and "unencrypted" in confirm["confirm"]
+    assert out["sentBeforeConfirm"] == 0  # nothing left the page before the user said yes
+    sent = out["sent"]
+    assert sent["state"] == "done", sent["status"]
+    assert "UNENCRYPTED" in sent["status"] and "only the encrypted" not in sent["status"]
+    assert "NOT encrypted" in sent["encryptedCaption"]
+    assert not sent["keyShown"]  # a key that encrypted nothing is not offered
+    assert len(out["segmentBodies"]) == 1
+    declined = out["declined"]
+    assert declined["state"] == "cancelled" and "Not sent" in declined["status"]
+    assert out["sentAfterDecline"] == 0 and declined["result"] is None
+
+
+# -- 2. the race ---------------------------------------------------------------------------------------
+
+@needs_browser
+@pytest.mark.parametrize("when", ["during-encrypt", "during-segment"])
+def test_a_second_pick_cancels_the_first_run_and_its_result_never_lands(page, when):
+    snap = result(page, "race")[when]
+    assert snap["state"] == "done", snap["status"]
+    assert dones(snap) == 1, snap["states"]  # one Done, for the small image
+    assert "small.png" in snap["status"] and "big.png" not in snap["status"]
+    assert snap["result"]["name"] == "small.png"
+    assert (snap["result"]["height"], snap["result"]["width"]) == (40, 56)
+    for canvas in ("original", "overlay"):
+        assert snap["canvases"][canvas] == [56, 40], snap["canvases"]
+    assert snap["canvases"]["encrypted"] == [64, 48]
+    for dl in snap["downloads"].values():  # each download is named after the image it holds
+        assert dl["name"].startswith("small_") and (dl["width"], dl["height"]) == (56, 40), dl
+    assert [h["outcome"] for h in snap["history"]] == ["cancelled", "done"]
+    # while the big image ran, the controls that would start a second run were disabled
+    during = snap["during"]
+    assert during["state"] == "working" and during["run"] and during["scheme"] and not during["cancel"]
+
+
+# -- 3. stale state ------------------------------------------------------------------------------------
+
+@needs_browser
+@pytest.mark.parametrize("case", ["not-an-image", "refused"])
+def test_an_error_clears_the_previous_images_results_and_key(page, case):
+    out = result(page, "stale")
+    before, after = out["before"], out[case]
+    assert before["state"] == "done" and before["keyShown"] and len(before["downloads"]) == 3
+    assert after["state"] == "error"
+    assert ("not a PNG, JPEG" in after["status"]) if case == "not-an-image" else ("alpha" in after["status"])
+    assert all(size == [0, 0] for size in after["canvases"].values()), after["canvases"]
+    assert after["legend"] == [] and after["downloads"] == []
+    assert not after["keyShown"] and after["keyText"] == ""
+    assert after["result"] is None and after["picked"] is None
+    assert after["runDisabled"]  # "New key, run again" cannot re-run the old image
+    assert after["segmentRequests"] == 1  # only the first image was ever sent
+    assert all("none yet" in alt for alt in after["alts"].values())
+
+
+# -- 4. trained-for schemes ---------------------------------------------------------------------------
+
+@needs_browser
+def test_page_offers_the_trained_schemes_first_and_warns_about_the_others(page):
+    out = result(page, "trained")
+    groups = {g["label"]: g["options"] for g in out["options"]}
+    trained = next(v for k, v in groups.items() if k.startswith("The model was trained"))
+    others = next(v for k, v in groups.items() if k.startswith("Not trained"))
+    assert trained == ["bs-ps-np-cs (trained for)"]
+    assert all("not trained" in o for o in others) and any(o.startswith("plain") for o in others)
+    assert out["selected"] == "bs-ps-np-cs (trained for)"
+    assert "not trained" not in out["defaultNote"]
+    assert "not trained for bs-np-cs" in out["untrainedNote"]
+    run = out["untrainedRun"]
+    assert run["state"] == "done" and "not trained for bs-np-cs" in run["status"] and run["result"]["trained"] is False
+
+
+@needs_browser
+def test_page_honours_the_trained_for_scheme_header(page):
+    snap = result(page, "trained")["headerFalse"]
+    assert snap["state"] == "done"
+    assert snap["result"]["scheme"]["steps"] and snap["result"]["trained"] is False  # the server said so
+    assert "Warning: the model was not trained for bs-ps-np-cs" in snap["status"]
+
+
+# -- 5. stages, cancel, a lost server ------------------------------------------------------------------
+
+@needs_browser
+def test_stages_show_progress_and_cancel_stops_the_run(page):
+    out = result(page, "stages")
+    during = out["during"]
+    assert during["state"] == "working" and "segmenting" in during["status"]
+    assert [during["stages"][s] for s in ("decode", "encrypt", "upload", "segment", "decrypt", "draw")] == \
+        ["done", "done", "done", "active", "pending", "pending"]
+    assert during["progress"] == 3 and not during["cancelDisabled"]
+    after = out["after"]
+    assert after["state"] == "cancelled" and "Cancelled" in after["status"]
+    assert dones(after) == 0 and after["result"] is None and after["downloads"] == []
+    assert not after["runDisabled"] and after["cancelDisabled"]  # the same image can be run again
+    assert [h["outcome"] for h in after["history"]] == ["cancelled"]
+
+
+@needs_browser
+def test_a_lost_server_gets_a_clear_message(page):
+    lost = result(page, "stages")["lost"]
+    assert lost["state"] == "error"
+    assert "Lost contact with the server" in lost["status"] and "Failed to fetch" not in lost["status"]
+    assert lost["stages"]["upload"] == "failed" and lost["result"] is None
+    busy = result(page, "stages")["busy"]
+    assert busy["state"] == "error" and "busy" in busy["status"] and "7 s" in busy["status"]
+
+
+# -- 6. reading files as the Python client does --------------------------------------------------------
+
+@needs_browser
+def test_page_reads_files_exactly_as_the_python_client_does(page, corpus):
+    folder, expected = corpus
+    seen = result(page, "files")
+    for name, accept in expected.items():
+        got = seen[name]
+        if not accept:
+            assert got["state"] == "error" and got["picked"] is None, (name, got["status"])
+            assert name in got["status"], got["status"]
+            with pytest.raises(UserError):
+                read_image(folder / "reading" / name)
+            continue
+        assert got["state"] == "done", (name, got["status"])
+        py = read_image(folder / "reading" / name)
+        pk = got["picked"]
+        assert (pk["height"], pk["width"]) == py.shape[:2], name
+        assert bytes.fromhex(pk["data"]) == py.tobytes(), f"{name}: the page and Python decode different pixels"
+    assert seen["rot6.jpg"]["picked"]["height"] == 56  # EXIF applied on both sides
+
+
+# -- 7. limits ------------------------------------------------------------------------------------------
+
+@needs_browser
+@pytest.mark.parametrize("case", ["side", "body"])
+def test_images_over_the_servers_limits_are_stopped_in_the_page_and_can_be_downscaled(page, case):
+    out = result(page, "limits")[case]
+    refused, down = out["refused"], out["downscaled"]
+    assert refused["state"] == "error" and refused["segmentRequests"] == 0  # stopped before sending
+    assert ("256 pixels per side" if case == "side" else "upload limit of 120 KB") in refused["status"]
+    assert "HTTP 413" not in refused["status"] and refused["offer"] and "Downscale" not in refused["status"]
+    assert down is not None and down["state"] == "done", down and down["status"]
+    assert down["segmentRequests"] == 1 and "downscaled from" in down["status"]
+    r = down["result"]
+    assert max(r["imageWidth"], r["imageHeight"]) <= 256 and r["imageWidth"] * r["imageHeight"] <= 256 * 256
+    assert (r["width"], r["height"]) == (r["imageWidth"], r["imageHeight"])
+
+
+# -- 8, 9, 11: view controls, the model statement, accessibility, screenshots ---------------------------
+
+@needs_browser
+def test_view_controls_downloads_and_zoom(page):
+    out = result(page, "e2e")
+    v = out["view"]
+    assert v["at50"] != v["at100"] != v["maskOnly"] or v["at50"] != v["at100"]  # the slider changes the overlay
+    assert v["at100"] == v["maskOnly"]  # 100% opacity is the mask's colour
+    assert "mask only" in v["maskAlt"]
+    assert v["hover"].startswith("Under the pointer (") and "):" in v["hover"]
+    assert v["zoomOpen"] and v["zoomSize"] == [100, 70] and v["zoomClosed"]
+    dl = v["downloads"]
+    assert (dl["download-mask"]["name"], dl["download-mask"]["colourType"]) == ("street_mask.png", 0)  # label IDs, grey
+    assert (dl["download-colour"]["name"], dl["download-colour"]["colourType"]) == ("street_mask_colour.png", 2)
+    assert all((d["width"], d["height"]) == (100, 70) for d in dl.values())
+    assert v["phoneOverflow"] <= 0  # nothing wider than a phone's screen
+
+
+@needs_browser
+def test_page_states_what_the_model_is(page):
+    model = result(page, "e2e")["model"]
+    assert "stand-in-1x1" in model and "bs-ps-np-cs" in model
+    assert "do not assume it is a Cityscapes model" in model  # the stand-in records no training data
+
+
+@needs_browser
+def test_page_is_accessible_labelled_reachable_and_legible(page):
+    out = result(page, "e2e")
+    a = out["a11y"]
+    assert a["controls"] >= 15
+    assert a["unlabelled"] == [], a["unlabelled"]
+    assert a["unreachable"] == [], a["unreachable"]
+    assert a["lowContrast"] == [], a["lowContrast"][:5]
+    assert a["texts"] >= 30
+    assert all(c["role"] == "img" and len(c["name"]) > 15 and "none yet" not in c["name"] for c in a["canvases"] if c["id"] != "zoom-canvas")
+    for name in ("page-desktop.png", "page-phone.png", "page-zoom.png"):
+        assert (ARTIFACTS / name).stat().st_size > 10_000
+
+
+# -- 10. the Content-Security-Policy ------------------------------------------------------------------
+
+@needs_browser
+def test_csp_blocks_other_origins_and_inline_script(page):
+    out = result(page, "csp")
+    on, off = out["enforced"], out["bypassed"]
+    assert on["meta"] == CSP
+    assert on["fetch"].startswith("rejected") and on["xhr"] in ("error", "threw:SecurityError")
+    assert on["otherFinished"] == 0 and on["otherFailed"]  # the browser stopped them before the network
+    assert all("CSP" in f["failure"].upper() for f in on["otherFailed"]), on["otherFailed"]
+    assert {v["directive"] for v in on["violations"]} >= {"connect-src", "script-src-elem"}
+    assert not on["inlineRan"]
+    # the page needs nothing the policy forbids: no inline script, style or event-handler attribute
+    assert not re.search(r"<style|\sstyle=|\son[a-z]+=|<script(?![^>]*\ssrc=)", on["html"], re.I)
+    assert not [c for c in on["console"] if "Content Security Policy" in c and "localhost" not in c and "inline" not in c]
+    # the control: without the policy the same page reaches the other origin and runs inline script
+    assert off["fetch"] == "resolved:opaque" and off["inlineRan"]  # (an opaque answer: the other origin did answer)
+    if on["header"] is not None:  # the service's header (issue 13) must say the same, plus frame-ancestors
+        header = {d.strip() for d in on["header"].split(";") if d.strip()}
+        assert {d.strip() for d in CSP.split(";")} <= header
+
+
+@needs_browser
 def test_api_docs_render_offline_in_the_browser(node_runner, server):
     pytest.importorskip("fastapi_offline")
     out = node_runner("docs", server.url)

@@ -1,18 +1,355 @@
-// The page: pick an image, make a key here, encrypt here, send only the encrypted PNG, decrypt the
+// The page: pick an image, make a key here, encrypt here, send only the encrypted image, decrypt the
 // label map here. The key lives in this module's memory and in the (collapsed) key box; no request
-// carries it.
+// carries it, and the Content-Security-Policy lets the page talk to its own origin only.
+//
+// One run at a time: every run has an id; starting one (a new file, a new scheme, "run again")
+// cancels the one in flight, and a run may touch the screen only while it is the current one, so a
+// result can only land beside its own image.
 import * as cipher from "./cipher.js";
 import { decodePNG, encodePNG } from "./png.js";
+import { ImageRefused, downscale, readImageFile } from "./imagefile.js";
+import { Cancelled, ServerError, postForLabels } from "./transport.js";
+import * as jpeg from "./jpeg.js";
 
 const $ = (id) => document.getElementById(id);
+const STAGES = ["decode", "encrypt", "upload", "segment", "decrypt", "draw"];
+const MULTIPART_SLACK = 2048; // form boundaries, part headers and the scheme field, over the image bytes
+
 let info = null; // GET /v1/info
-let picked = null; // {name, img: {width, height, data}} of the chosen file
-let last = null; // {key, mask, encrypted, labels, scheme} of the last run, for downloads and tests
+let picked = null; // {name, img, sourceSize: [H, W]} of the chosen file (img possibly downscaled)
+let shown = null; // the run whose result is on screen: {name, img, enc, labels, mask, key, scheme, ...}
+let current = null; // the run in flight, or null
+let runSeq = 0;
+let pendingOffer = null; // {img, note}: what "Downscale and run" will run
+const history = []; // [{id, outcome}] of finished runs, for tests and the status
+
+// -- state and status ------------------------------------------------------------------------------
 
 function setState(state, message) {
   document.body.dataset.state = state;
   if (message !== undefined) $("status").textContent = message;
 }
+
+function controlsBusy(busy) {
+  $("cancel").disabled = !busy;
+  $("scheme").disabled = busy || !info;
+  $("transport").disabled = busy;
+  $("run").disabled = busy || !picked || !info;
+  $("downscale").disabled = busy;
+}
+
+function resetStages() {
+  for (const li of $("stages").children) {
+    li.dataset.status = "pending";
+    li.querySelector(".stage-time").textContent = "";
+  }
+  $("upload-progress").value = 0;
+  $("progress").value = 0;
+}
+
+/** Mark a stage active/done/skipped/failed; the overall bar counts finished stages. */
+function stage(run, name, status, note = "") {
+  if (run !== current) return;
+  const li = $("stages").querySelector(`[data-stage="${name}"]`);
+  li.dataset.status = status;
+  if (status === "active") run.stageStart = performance.now();
+  const ms = status === "done" ? `${Math.round(performance.now() - run.stageStart)} ms` : "";
+  li.querySelector(".stage-time").textContent = [ms, note].filter(Boolean).join(", ");
+  const finished = STAGES.filter((s) => ["done", "skipped"].includes($("stages").querySelector(`[data-stage="${s}"]`).dataset.status)).length;
+  $("progress").value = finished;
+}
+
+// -- runs ------------------------------------------------------------------------------------------
+
+function newRun() {
+  if (current) abandon(current);
+  const run = { id: ++runSeq, signal: { aborted: false, onabort: null }, t0: performance.now(), stageStart: 0 };
+  current = run;
+  hideOffers();
+  resetStages();
+  controlsBusy(true);
+  return run;
+}
+
+function abandon(run) {
+  run.signal.aborted = true;
+  if (run.signal.onabort) run.signal.onabort();
+  logRun(run, "cancelled");
+}
+
+function logRun(run, outcome) {
+  history.push({ id: run.id, outcome });
+  document.body.dataset.runs = String(history.length);
+}
+
+/** Throw Cancelled unless `run` is still the one the page is showing progress for. */
+function live(run) {
+  if (run !== current || run.signal.aborted) throw new Cancelled("superseded");
+}
+
+function finish(run, outcome) {
+  if (run !== current) return;
+  logRun(run, outcome);
+  current = null;
+  controlsBusy(false);
+}
+
+function cancelCurrent() {
+  const run = current;
+  if (!run) return;
+  const active = $("stages").querySelector('[data-status="active"]');
+  if (active) active.dataset.status = "cancelled";
+  abandon(run);
+  current = null;
+  clearResult();
+  controlsBusy(false);
+  const name = picked ? picked.name : "the image";
+  setState("cancelled", `Cancelled: nothing more is sent or drawn for ${name}${picked ? "; “New key, run again” starts over" : ""}.`);
+}
+
+// -- reading files ---------------------------------------------------------------------------------
+
+async function onFile() {
+  const file = $("file").files[0];
+  const run = newRun();
+  picked = null; // whatever happens next, the old image is gone: clear everything it owned
+  clearResult();
+  clearCanvas($("original"), "Your image: none yet");
+  if (!file) {
+    finish(run, "empty");
+    setState("ready", "Ready: pick an image.");
+    return;
+  }
+  setState("working", `Reading ${file.name}…`);
+  stage(run, "decode", "active");
+  let img;
+  try {
+    img = await readImageFile(file, () => run === current);
+    live(run);
+  } catch (err) {
+    if (err instanceof Cancelled || run !== current) return;
+    stage(run, "decode", "failed");
+    finish(run, "error");
+    setState("error", err instanceof ImageRefused ? err.message : `Cannot read ${file.name} as an image.`);
+    return;
+  }
+  stage(run, "decode", "done", `${img.format} ${img.width}x${img.height}`);
+  picked = { name: file.name, img, sourceSize: [img.height, img.width] };
+  drawRGB($("original"), img.data, img.width, img.height);
+  describe($("original"), `Your image: ${file.name}, ${img.width} by ${img.height} pixels`);
+  await segmentRun(run, picked);
+}
+
+/** "New key, run again" and scheme changes: a fresh run of the image on screen. */
+async function rerun() {
+  if (!picked || !info) return;
+  const run = newRun();
+  clearResult();
+  await segmentRun(run, picked);
+}
+
+// -- limits ----------------------------------------------------------------------------------------
+
+/** Why the server would refuse an image of this size (its own limits, from /v1/info), or null. */
+function limitProblem(img, p) {
+  const L = info.limits, H = Math.ceil(img.height / p) * p, W = Math.ceil(img.width / p) * p;
+  if (L.max_side && (H > L.max_side || W > L.max_side)) {
+    return `${img.width}x${img.height} pixels is over this server's limit of ${L.max_side} pixels per side`;
+  }
+  if (L.max_pixels && H * W > L.max_pixels) {
+    return `${img.width}x${img.height} pixels (${H * W} after padding to ${p}-pixel blocks) is over this server's limit of ${L.max_pixels} pixels`;
+  }
+  return null;
+}
+
+/** The largest size (same aspect) at most `scale` of the image that fits the pixel limits. */
+function fittingSize(img, p, scale = 1) {
+  const L = info.limits;
+  let s = Math.min(scale, 1);
+  if (L.max_side) s = Math.min(s, (L.max_side - p) / img.width, (L.max_side - p) / img.height);
+  if (L.max_pixels) s = Math.min(s, Math.sqrt(L.max_pixels / (img.width * img.height)));
+  for (; s > 0; s *= 0.98) {
+    const w = Math.max(1, Math.floor(img.width * s)), h = Math.max(1, Math.floor(img.height * s));
+    if (!limitProblem({ width: w, height: h }, p)) return [w, h];
+  }
+  return [1, 1];
+}
+
+function offerDownscale(run, item, problem, scale) {
+  const p = selectedScheme().block_size;
+  const [w, h] = fittingSize(item.img, p, scale);
+  pendingOffer = { w, h, from: item };
+  $("limit-text").textContent = `${item.name} cannot be sent: ${problem}. Nothing was sent. The page can shrink it to ${w}x${h} ` +
+    "(the segmentation is then of the smaller image).";
+  $("downscale").textContent = `Downscale to ${w}x${h} and run`;
+  $("limit-offer").hidden = false;
+  finish(run, "error");
+  setState("error", `${item.name} is too large for this server: ${problem}.`);
+}
+
+async function acceptDownscale() {
+  const offer = pendingOffer;
+  if (!offer || !picked || offer.from !== picked) return;
+  const run = newRun();
+  clearResult();
+  const img = downscale(offer.from.img, offer.w, offer.h);
+  picked = { name: offer.from.name, img, sourceSize: offer.from.sourceSize };
+  drawRGB($("original"), img.data, img.width, img.height);
+  describe($("original"), `Your image: ${picked.name}, downscaled to ${img.width} by ${img.height} pixels`);
+  await segmentRun(run, picked);
+}
+
+function hideOffers() {
+  $("limit-offer").hidden = true;
+  $("confirm-plain").hidden = true;
+  pendingOffer = null;
+}
+
+// -- the plain scheme ------------------------------------------------------------------------------
+
+/** Ask before a plain image leaves the page; resolves on "send", throws Cancelled on "do not send". */
+function confirmPlain(run, item) {
+  $("confirm-plain-text").textContent = `The scheme “plain” does not encrypt: the server would receive ${item.name} itself, ` +
+    "as you see it, and could keep it. Send it unencrypted?";
+  $("confirm-plain").hidden = false;
+  setState("confirm", `Waiting for you: send ${item.name} unencrypted?`);
+  $("send-plain").focus();
+  return new Promise((resolve, reject) => {
+    const done = (ok) => {
+      $("confirm-plain").hidden = true;
+      $("send-plain").onclick = $("keep-plain").onclick = null;
+      run.signal.onabort = null;
+      if (ok && run === current) resolve();
+      else reject(new Cancelled(ok ? "superseded" : "declined"));
+    };
+    $("send-plain").onclick = () => done(true);
+    $("keep-plain").onclick = () => done(false);
+    run.signal.onabort = () => done(false);
+  });
+}
+
+// -- one segmentation run ---------------------------------------------------------------------------
+
+function selectedScheme() {
+  return cipher.parseScheme($("scheme").value, info.block_size);
+}
+
+function isTrained(scheme) {
+  return info.schemes.some((s) => cipher.schemeName(cipher.validateScheme(s)) === cipher.schemeName(scheme) &&
+    (s.block_size ?? 16) === scheme.block_size);
+}
+
+async function segmentRun(run, item) {
+  const { img, name } = item;
+  let key = null;
+  try {
+    const scheme = selectedScheme();
+    const plain = scheme.steps.length === 0;
+    const transport = $("transport-box").hidden ? "png" : $("transport").value;
+    const problem = limitProblem(img, scheme.block_size);
+    if (problem) return offerDownscale(run, item, problem, 1);
+    if (plain) {
+      await confirmPlain(run, item);
+      live(run);
+    }
+    setState("working", plain ? `Preparing ${name} (scheme plain: not encrypted)…` : `Encrypting ${name} with a fresh key (scheme ${cipher.schemeName(scheme)})…`);
+    stage(run, "encrypt", "active");
+    key = cipher.generateKey();
+    run.key = key;
+    const enc = await cipher.encrypt(img, key, scheme);
+    live(run);
+    const meta = { version: 1, scheme: enc.scheme, original_size: enc.originalSize };
+    const upload = transport === "jpeg"
+      ? await jpeg.encodeCiphertext(enc.data, enc.width, enc.height, meta, jpeg.DEFAULT_QUALITY)
+      : await encodePNG(enc.data, enc.width, enc.height, 3, { encseg: JSON.stringify(meta) });
+    live(run);
+    stage(run, "encrypt", plain ? "skipped" : "done", `${plain ? "not encrypted (plain), " : ""}${transport.toUpperCase()} ${kb(upload.size)}`);
+    const limit = info.limits.max_body_bytes;
+    if (limit && upload.size + MULTIPART_SLACK > limit) {
+      const scale = Math.sqrt((limit - MULTIPART_SLACK) / upload.size) * 0.95;
+      return offerDownscale(run, item, `the ${plain ? "" : "encrypted "}image is ${kb(upload.size)} as ${transport.toUpperCase()}, over the server's upload limit of ${kb(limit)}`, scale);
+    }
+
+    stage(run, "upload", "active");
+    setState("working", `Uploading ${plain ? "the unencrypted" : "the encrypted"} image (${kb(upload.size)})…`);
+    const form = new FormData();
+    form.append("image", upload, transport === "jpeg" ? "encrypted.jpg" : "encrypted.png");
+    form.append("scheme", JSON.stringify(enc.scheme));
+    const resp = await postForLabels("/v1/segment", form, {
+      signal: run.signal,
+      onUploadProgress: (f) => { if (run === current) $("upload-progress").value = Math.round(100 * f); },
+      onUploaded: () => {
+        if (run !== current) return;
+        $("upload-progress").value = 100;
+        stage(run, "upload", "done");
+        stage(run, "segment", "active");
+        setState("working", "The server is segmenting the image…");
+      },
+    });
+    live(run);
+    if ($("stages").querySelector('[data-stage="upload"]').dataset.status !== "done") stage(run, "upload", "done");
+    stage(run, "segment", "done");
+
+    stage(run, "decrypt", "active");
+    setState("working", "Decrypting the label map here…");
+    const labels = await decodePNG(resp.bytes);
+    if (labels.channels !== 1 || labels.width !== enc.width || labels.height !== enc.height) {
+      throw new ServerError(`The server answered a ${labels.width}x${labels.height} label map for a ${enc.width}x${enc.height} image.`);
+    }
+    const mask = await cipher.decryptMask(labels, key, enc.scheme, enc.originalSize);
+    live(run);
+    stage(run, "decrypt", "done");
+
+    stage(run, "draw", "active");
+    const header = resp.headers["x-encseg-trained-for-scheme"];
+    const trained = header === null ? isTrained(scheme) : header === "true";
+    const result = { id: run.id, name, img, enc, labels, mask, key, scheme: enc.scheme, plain, trained, transport, sourceSize: item.sourceSize };
+    const downloads = await buildDownloads(result);
+    live(run);
+    show(result, downloads); // synchronous from here: nothing can interleave
+    stage(run, "draw", "done");
+    finish(run, "done");
+    setState("done", doneMessage(result, performance.now() - run.t0));
+  } catch (err) {
+    if (key && (!shown || shown.key !== key)) key.fill(0);
+    if (err instanceof Cancelled || run !== current) {
+      if (err instanceof Cancelled && err.message === "declined" && run === current) {
+        finish(run, "cancelled");
+        setState("cancelled", `Not sent: ${name} stays in this page. Pick an encrypting scheme to segment it.`);
+      }
+      return;
+    }
+    const active = $("stages").querySelector('[data-status="active"]');
+    if (active) active.dataset.status = "failed";
+    clearResult();
+    finish(run, "error");
+    if (err instanceof ServerError && err.status === 413) {
+      $("limit-text").textContent = `${err.message} The page can shrink the image to fit.`;
+      const p = selectedScheme().block_size;
+      const [w, h] = fittingSize(item.img, p, 0.7);
+      pendingOffer = { w, h, from: item };
+      $("downscale").textContent = `Downscale to ${w}x${h} and run`;
+      $("limit-offer").hidden = false;
+    }
+    setState("error", err instanceof ServerError ? err.message : `Something went wrong in the page: ${err.message || err}`);
+  }
+}
+
+function kb(bytes) {
+  return bytes >= 1e6 ? `${(bytes / 1e6).toFixed(1)} MB` : `${Math.max(1, Math.round(bytes / 1e3))} KB`;
+}
+
+function doneMessage(r, ms) {
+  const parts = [`Done in ${Math.round(ms)} ms: ${r.name}, scheme ${cipher.schemeName(r.scheme)}.`];
+  if (r.plain) parts.push("The server received your image UNENCRYPTED (scheme plain): it saw the image itself.");
+  else parts.push(`The server received only the encrypted image${r.transport === "jpeg" ? " (as JPEG)" : ""} shown in the second panel, and no key.`);
+  if (!r.trained) parts.push(`Warning: the model was not trained for ${cipher.schemeName(r.scheme)}, so expect a poor segmentation.`);
+  const [h0, w0] = r.sourceSize;
+  if (h0 !== r.img.height || w0 !== r.img.width) parts.push(`The image was downscaled from ${w0}x${h0} to ${r.img.width}x${r.img.height}.`);
+  return parts.join(" ");
+}
+
+// -- drawing ---------------------------------------------------------------------------------------
 
 function drawRGB(canvas, data, width, height) {
   canvas.width = width;
@@ -25,18 +362,37 @@ function drawRGB(canvas, data, width, height) {
     rgba.data[j + 3] = 255;
   }
   canvas.getContext("2d").putImageData(rgba, 0, 0);
+  enlargeButton(canvas).disabled = false;
+}
+
+function clearCanvas(canvas, label) {
+  canvas.width = 0;
+  canvas.height = 0;
+  describe(canvas, label);
+  enlargeButton(canvas).disabled = true;
+}
+
+function describe(canvas, label) {
+  canvas.setAttribute("aria-label", label);
+  canvas.textContent = label;
+}
+
+function enlargeButton(canvas) {
+  return document.querySelector(`button.enlarge[data-canvas="${canvas.id}"]`);
 }
 
 function colourise(labels, palette) {
   const out = new Uint8Array(labels.length * 3);
   for (let i = 0; i < labels.length; i++) {
     const c = palette[labels[i]] || [0, 0, 0];
-    out.set(c, 3 * i);
+    out[3 * i] = c[0];
+    out[3 * i + 1] = c[1];
+    out[3 * i + 2] = c[2];
   }
   return out;
 }
 
-function overlay(rgb, labels, palette, alpha = 0.5) {
+function blend(rgb, labels, palette, alpha) {
   const out = new Uint8Array(rgb.length);
   for (let i = 0; i < labels.length; i++) {
     const c = palette[labels[i]];
@@ -48,95 +404,95 @@ function overlay(rgb, labels, palette, alpha = 0.5) {
   return out;
 }
 
-/** Read any image the browser can decode as 8-bit RGB (transparent pixels over white). */
-async function readImage(file) {
-  const bitmap = await createImageBitmap(file, { colorSpaceConversion: "none", premultiplyAlpha: "none" });
-  const canvas = new OffscreenCanvas(bitmap.width, bitmap.height);
-  const ctx = canvas.getContext("2d", { willReadFrequently: true });
-  ctx.fillStyle = "#fff";
-  ctx.fillRect(0, 0, bitmap.width, bitmap.height);
-  ctx.drawImage(bitmap, 0, 0);
-  const rgba = ctx.getImageData(0, 0, bitmap.width, bitmap.height).data;
-  const data = new Uint8Array(bitmap.width * bitmap.height * 3);
-  for (let i = 0, j = 0; j < rgba.length; i += 3, j += 4) data.set(rgba.subarray(j, j + 3), i);
-  return { width: bitmap.width, height: bitmap.height, data };
+function opacity() {
+  return Number($("opacity").value) / 100;
 }
 
-function selectedScheme() {
-  return cipher.parseScheme($("scheme").value, info.block_size);
+function maskOnly() {
+  return document.querySelector('input[name="view"]:checked').value === "mask";
 }
 
-function showLegend(mask) {
+function drawResultPanel() {
+  if (!shown) return;
+  const { img, mask } = shown;
+  const data = maskOnly() ? colourise(mask.data, info.palette) : blend(img.data, mask.data, info.palette, opacity());
+  drawRGB($("overlay"), data, img.width, img.height);
+  describe($("overlay"), `Segmentation of ${shown.name}${maskOnly() ? " (mask only)" : ` over the image at ${Math.round(100 * opacity())}% opacity`}: ${shown.summary}`);
+}
+
+function classShares(mask) {
   const counts = new Uint32Array(info.classes.length);
-  if (mask) for (const v of mask) if (v < counts.length) counts[v]++;
-  const total = mask ? mask.length : 1;
+  for (const v of mask) if (v < counts.length) counts[v]++;
+  return counts;
+}
+
+function showLegend(counts, total) {
   $("legend").replaceChildren(...info.classes.map((name, i) => {
     const li = document.createElement("li");
     const sw = document.createElement("span");
     sw.className = "swatch";
-    sw.style.background = `rgb(${info.palette[i].join(",")})`;
-    li.append(sw, mask && counts[i] ? `${name} ${(100 * counts[i] / total).toFixed(1)}%` : name);
-    if (counts[i]) li.classList.add("present");
+    sw.setAttribute("aria-hidden", "true");
+    sw.style.backgroundColor = `rgb(${info.palette[i].join(",")})`;
+    const present = counts && counts[i];
+    li.append(sw, present ? `${name} ${(100 * counts[i] / total).toFixed(1)}%` : name);
+    if (present) li.classList.add("present");
+    else if (counts) li.setAttribute("aria-label", `${name}: not found`);
     return li;
   }));
 }
 
-/** Encrypt `img` under `key` (a fresh one if absent), segment remotely, decrypt. Returns the result. */
-export async function segment(img, scheme, key = cipher.generateKey()) {
-  const enc = await cipher.encrypt(img, key, scheme);
-  const meta = { version: 1, scheme: enc.scheme, original_size: enc.originalSize };
-  const png = await encodePNG(enc.data, enc.width, enc.height, 3, { encseg: JSON.stringify(meta) });
-  const form = new FormData();
-  form.append("image", png, "encrypted.png");
-  form.append("scheme", JSON.stringify(enc.scheme));
-  const resp = await fetch("/v1/segment", { method: "POST", body: form });
-  if (!resp.ok) {
-    let detail = resp.statusText;
-    try { detail = (await resp.json()).detail; } catch { /* not JSON */ }
-    throw new Error(`the server refused the image (HTTP ${resp.status}): ${detail}`);
-  }
-  const labels = await decodePNG(await resp.arrayBuffer());
-  if (labels.channels !== 1 || labels.width !== enc.width || labels.height !== enc.height) {
-    throw new Error(`unexpected label map ${labels.width}x${labels.height}x${labels.channels}`);
-  }
-  const mask = await cipher.decryptMask(labels, key, enc.scheme, enc.originalSize);
-  return { key, enc, labels, mask, scheme: enc.scheme };
+async function buildDownloads(r) {
+  const stemName = stem(r.name);
+  const colour = colourise(r.mask.data, info.palette);
+  return {
+    mask: [await encodePNG(r.mask.data, r.mask.width, r.mask.height, 1), `${stemName}_mask.png`],
+    colour: [await encodePNG(colour, r.mask.width, r.mask.height, 3), `${stemName}_mask_colour.png`],
+    overlay: [await encodePNG(blend(r.img.data, r.mask.data, info.palette, opacity()), r.img.width, r.img.height, 3), `${stemName}_overlay.png`],
+  };
 }
 
-async function run() {
-  if (!picked || !info) return;
-  const { img } = picked;
-  const scheme = selectedScheme();
-  const p = scheme.block_size;
-  const pixels = Math.ceil(img.height / p) * p * Math.ceil(img.width / p) * p;
-  if (pixels > info.limits.max_pixels) {
-    setState("error", `The image is too large for this server (${pixels} pixels after padding, limit ${info.limits.max_pixels}).`);
-    return;
-  }
+/** Put a finished run on screen (synchronous, so a run's pieces land together or not at all). */
+function show(r, downloads) {
   forgetKey();
-  $("run").disabled = true;
-  setState("working", `Encrypting ${picked.name} with a fresh key (scheme ${cipher.schemeName(scheme)})…`);
-  try {
-    const t0 = performance.now();
-    const r = await segment(img, scheme);
-    const { enc, labels, mask, key } = r;
-    drawRGB($("encrypted"), enc.data, enc.width, enc.height);
-    drawRGB($("server-labels"), colourise(labels.data, info.palette), labels.width, labels.height);
-    drawRGB($("overlay"), overlay(img.data, mask.data, info.palette), img.width, img.height);
-    showLegend(mask.data);
-    last = r;
-    $("key-hex").textContent = cipher.keyToHex(key);
+  shown = r;
+  const counts = classShares(r.mask.data), total = r.mask.data.length;
+  const top = [...counts.keys()].filter((i) => counts[i]).sort((a, b) => counts[b] - counts[a]).slice(0, 4);
+  r.summary = top.map((i) => `${info.classes[i]} ${(100 * counts[i] / total).toFixed(0)}%`).join(", ") || "no class";
+  drawRGB($("encrypted"), r.enc.data, r.enc.width, r.enc.height);
+  $("encrypted-caption").textContent = r.plain ? "What the server saw: your image, NOT encrypted" : "What the server sees (encrypted)";
+  describe($("encrypted"), r.plain ? `The image sent to the server, not encrypted: ${r.name}`
+    : `The encrypted image sent to the server: blocks of noise, ${r.enc.width} by ${r.enc.height} pixels`);
+  drawRGB($("server-labels"), colourise(r.labels.data, info.palette), r.labels.width, r.labels.height);
+  describe($("server-labels"), "The server's answer: class colours in encrypted geometry, scrambled like the image it saw");
+  drawResultPanel();
+  showLegend(counts, total);
+  setDownload($("download-mask"), ...downloads.mask);
+  setDownload($("download-colour"), ...downloads.colour);
+  setDownload($("download-overlay"), ...downloads.overlay);
+  if (!r.plain) {
+    $("key-hex").textContent = cipher.keyToHex(r.key);
     $("key-box").hidden = false;
-    const maskPng = await encodePNG(mask.data, mask.width, mask.height, 1);
-    setDownload($("download-mask"), maskPng, `${stem(picked.name)}_mask.png`);
-    const ovl = overlay(img.data, mask.data, info.palette);
-    setDownload($("download-overlay"), await encodePNG(ovl, img.width, img.height, 3), `${stem(picked.name)}_overlay.png`);
-    setState("done", `Done in ${Math.round(performance.now() - t0)} ms. The server saw only the encrypted image.`);
-  } catch (err) {
-    setState("error", String(err.message || err));
-  } finally {
-    $("run").disabled = false;
   }
+  $("view").dataset.ready = "true";
+}
+
+/** Remove every trace of the result on screen: panels, legend, downloads, key, hover text. */
+function clearResult() {
+  forgetKey();
+  shown = null;
+  clearCanvas($("encrypted"), "The image the server sees: none yet");
+  clearCanvas($("server-labels"), "The server's answer: none yet");
+  clearCanvas($("overlay"), "The segmentation: none yet");
+  $("encrypted-caption").textContent = "What the server sees";
+  if (info) showLegend(null);
+  for (const id of ["download-mask", "download-colour", "download-overlay"]) {
+    const a = $(id);
+    if (a.href) URL.revokeObjectURL(a.href);
+    a.removeAttribute("href");
+    a.hidden = true;
+  }
+  $("hover").textContent = "Point at the segmentation to see the class under the pointer.";
+  delete $("view").dataset.ready;
 }
 
 function stem(name) {
@@ -151,62 +507,199 @@ function setDownload(a, blob, name) {
 }
 
 function forgetKey() {
-  if (last && last.key) last.key.fill(0);
+  if (shown && shown.key) shown.key.fill(0);
   $("key-hex").textContent = "";
   $("key-box").hidden = true;
   $("key-box").open = false;
 }
 
-/** The last run, for tests and downloads: key hex, decrypted mask and encrypted image (hex). */
+// -- pointer, zoom, view controls -------------------------------------------------------------------
+
+/** The class under the pointer on a label-bearing canvas, as "x, y: name". */
+function classAt(canvas, event) {
+  if (!shown || !canvas.width) return null;
+  const rect = canvas.getBoundingClientRect();
+  const x = Math.floor(((event.clientX - rect.left) / rect.width) * canvas.width);
+  const y = Math.floor(((event.clientY - rect.top) / rect.height) * canvas.height);
+  if (x < 0 || y < 0 || x >= canvas.width || y >= canvas.height) return null;
+  const source = canvas.dataset.labels === "server" ? shown.labels : shown.mask;
+  if (source.width !== canvas.width || source.height !== canvas.height) return null;
+  const v = source.data[y * source.width + x];
+  return `(${x}, ${y}): ${info.classes[v] ?? `label ${v}`}${canvas.dataset.labels === "server" ? " (in encrypted geometry)" : ""}`;
+}
+
+function openZoom(id) {
+  const src = $(id);
+  if (!src.width) return;
+  const dst = $("zoom-canvas");
+  dst.width = src.width;
+  dst.height = src.height;
+  dst.getContext("2d").drawImage(src, 0, 0);
+  dst.dataset.labels = id === "overlay" ? "mask" : id === "server-labels" ? "server" : "";
+  const scale = Math.max(1, Math.min(4, Math.floor((window.innerWidth * 0.9) / src.width)));
+  dst.style.width = `${src.width * scale}px`;
+  const caption = src.closest("figure").querySelector("figcaption span").textContent;
+  $("zoom-title").textContent = caption;
+  describe(dst, src.getAttribute("aria-label"));
+  $("zoom-hover").textContent = dst.dataset.labels ? "Point at the image to see the class under the pointer." : "";
+  $("zoom").showModal();
+}
+
+// -- the model statement and the scheme list -----------------------------------------------------
+
+function modelStatement() {
+  const m = info.model, t = m.trained_on || {}, cfg = m.config || {};
+  const arch = cfg.encoder ? `a SETR segmentation model (${cfg.encoder} encoder, ${cfg.decoder} decoder)` : "a segmentation model";
+  const trainedFor = info.scheme_names.join(", ") || "?";
+  const keys = { "per-image": "a fresh key for every training image", shared: "one shared key", none: "plain images" }[m.key_mode];
+  const parts = [`This server runs ${m.name}, ${arch} with ${m.num_classes} classes, trained for scheme ${trainedFor}${keys ? ` with ${keys}` : ""}.`];
+  if (t.benchmark) {
+    const scene = t.scene_size ? `, ${t.scene_size[0]}x${t.scene_size[1]} scenes` : "";
+    const gen = t.generator_version != null ? `, generator v${t.generator_version}` : "";
+    parts.push(`It was trained on ${t.benchmark}${gen}${scene}: synthetic street scenes that use the Cityscapes classes, not Cityscapes photographs.`);
+  } else {
+    parts.push("The server does not say what data it was trained on: do not assume it is a Cityscapes model.");
+  }
+  if (typeof t.val_miou_per_image_keys === "number") {
+    parts.push(`Its validation mIoU on that benchmark, with a fresh key per test image, is ${t.val_miou_per_image_keys.toFixed(1)}%: a small demonstration model, expect rough masks on real photographs.`);
+  } else {
+    parts.push("It reports no validation score.");
+  }
+  return parts.join(" ");
+}
+
+function fillSchemes() {
+  const trained = info.schemes.map((s) => cipher.validateScheme(s));
+  const trainedNames = trained.map(cipher.schemeName);
+  const group = (label, options) => {
+    const g = document.createElement("optgroup");
+    g.label = label;
+    g.append(...options);
+    return g;
+  };
+  const trainedOpts = trained.map((s) => new Option(`${cipher.schemeName(s)} (trained for)`, JSON.stringify(s)));
+  const others = Object.keys(info.presets).filter((n) => !trainedNames.includes(n))
+    .map((n) => new Option(n === "plain" ? "plain: NOT encrypted (not trained for)" : `${n} (not trained for)`, n));
+  $("scheme").replaceChildren(group("The model was trained for", trainedOpts), ...(others.length ? [group("Not trained for: expect a poor result", others)] : []));
+  // the server names its default (the lead may change it); the page never hard-codes one
+  $("scheme").selectedIndex = Math.max(0, trainedNames.indexOf(info.default_scheme));
+  schemeNote();
+}
+
+function schemeNote() {
+  const scheme = selectedScheme();
+  const note = $("scheme-note");
+  note.classList.remove("warn");
+  if (scheme.steps.length === 0) {
+    note.textContent = "plain sends your image as it is: the server sees it. You will be asked before anything is sent.";
+    note.classList.add("warn");
+  } else if (!isTrained(scheme)) {
+    note.textContent = `The model was not trained for ${cipher.schemeName(scheme)}: the server will segment it, but expect a poor result.`;
+    note.classList.add("warn");
+  } else {
+    note.textContent = `${cipher.schemeName(scheme)}: ${info.presets[cipher.schemeName(scheme)] ?? "a scheme the model was trained for"}.`;
+  }
+}
+
+function setUpTransport() {
+  const why = jpeg.unavailable(info);
+  $("transport-box").hidden = Boolean(why);
+  $("transport-note").hidden = true;
+  if (!why) {
+    $("transport").addEventListener("change", () => {
+      const p = selectedScheme().block_size;
+      const j = $("transport").value === "jpeg";
+      $("transport-note").hidden = !j;
+      $("transport-note").textContent = j ? (p % 8 ? `JPEG needs a block size that is a multiple of 8 (this scheme's is ${p}); PNG is used.`
+        : `JPEG (quality ${jpeg.DEFAULT_QUALITY}, 4:4:4): a smaller upload; the label map still decrypts exactly, but the server's copy of the encrypted image is lossy.`) : "";
+    });
+  }
+}
+
+// -- for tests -------------------------------------------------------------------------------------
+
+/** The result on screen: key hex, decrypted mask and encrypted image (hex), the image's name. */
 export function lastResult() {
-  if (!last) return null;
+  if (!shown) return null;
   return {
+    id: shown.id,
+    name: shown.name,
     key: $("key-hex").textContent,
-    width: last.mask.width,
-    height: last.mask.height,
-    mask: cipher.bytesToHex(last.mask.data),
-    encrypted: cipher.bytesToHex(last.enc.data),
-    scheme: last.scheme,
+    width: shown.mask.width,
+    height: shown.mask.height,
+    imageWidth: shown.img.width,
+    imageHeight: shown.img.height,
+    mask: cipher.bytesToHex(shown.mask.data),
+    encrypted: cipher.bytesToHex(shown.enc.data),
+    scheme: shown.scheme,
+    trained: shown.trained,
+    transport: shown.transport,
   };
 }
+
+/** The decoded image the page holds (RGB hex), to compare with the Python client's reading. */
+export function pickedImage() {
+  if (!picked) return null;
+  return { name: picked.name, width: picked.img.width, height: picked.img.height, data: cipher.bytesToHex(picked.img.data) };
+}
+
+export function runHistory() {
+  return history.map((h) => ({ ...h }));
+}
+
+// -- start -----------------------------------------------------------------------------------------
 
 async function init() {
   try {
     const resp = await fetch("/v1/info");
-    if (!resp.ok) throw new Error(`GET /v1/info answered ${resp.status}`);
+    if (!resp.ok) throw new Error(`GET /v1/info answered HTTP ${resp.status}`);
     info = await resp.json();
   } catch (err) {
-    setState("error", `Cannot reach the server: ${err.message || err}`);
+    setState("error", `Cannot reach the server at ${location.origin} (${err instanceof TypeError ? "no answer" : err.message}): is it running? Reload the page when it is.`);
     return;
   }
   if (!crypto.subtle) {
     setState("error", "WebCrypto is unavailable: open this page over https or from localhost.");
     return;
   }
-  const options = [];
-  for (const s of info.schemes) options.push([JSON.stringify(s), `${cipher.schemeName(s)} (trained)`]);
-  for (const name of Object.keys(info.presets)) {
-    if (!info.scheme_names.includes(name)) options.push([name, name]);
-  }
-  $("scheme").replaceChildren(...options.map(([value, label]) => new Option(label, value)));
+  fillSchemes();
+  setUpTransport();
+  $("model-statement").textContent = modelStatement();
   $("model-info").textContent = `${info.model.name}, ${info.classes.length} classes, block size ${info.block_size}`;
+  $("format-version").textContent = String(info.format_version);
   showLegend(null);
-  $("file").addEventListener("change", async () => {
-    const file = $("file").files[0];
-    if (!file) return;
-    try {
-      picked = { name: file.name, img: await readImage(file) };
-    } catch (err) {
-      setState("error", `Cannot read ${file.name} as an image.`);
-      return;
-    }
-    drawRGB($("original"), picked.img.data, picked.img.width, picked.img.height);
-    await run();
-  });
-  $("run").addEventListener("click", run);
-  $("scheme").addEventListener("change", run);
+  $("file").addEventListener("change", onFile);
+  $("run").addEventListener("click", rerun);
+  $("cancel").addEventListener("click", cancelCurrent);
+  $("scheme").addEventListener("change", () => { schemeNote(); rerun(); });
+  $("downscale").addEventListener("click", acceptDownscale);
   $("forget-key").addEventListener("click", forgetKey);
+  $("opacity").addEventListener("input", () => {
+    $("opacity-value").textContent = `${$("opacity").value}%`;
+    drawResultPanel();
+  });
+  $("opacity").addEventListener("change", refreshOverlayDownload);
+  for (const r of document.querySelectorAll('input[name="view"]')) r.addEventListener("change", drawResultPanel);
+  $("overlay").dataset.labels = "mask";
+  $("server-labels").dataset.labels = "server";
+  for (const [canvas, out] of [[$("overlay"), $("hover")], [$("server-labels"), $("hover")], [$("zoom-canvas"), $("zoom-hover")]]) {
+    canvas.addEventListener("mousemove", (e) => {
+      const text = canvas.dataset.labels ? classAt(canvas, e) : null;
+      if (text) out.textContent = `Under the pointer ${text}`;
+    });
+  }
+  for (const b of document.querySelectorAll("button.enlarge")) b.addEventListener("click", () => openZoom(b.dataset.canvas));
+  for (const id of ["original", "encrypted", "server-labels", "overlay"]) $(id).addEventListener("click", () => openZoom(id));
+  $("zoom-close").addEventListener("click", () => $("zoom").close());
+  controlsBusy(false);
   setState("ready", "Ready: pick an image.");
+}
+
+async function refreshOverlayDownload() {
+  const r = shown;
+  if (!r) return;
+  const png = await encodePNG(blend(r.img.data, r.mask.data, info.palette, opacity()), r.img.width, r.img.height, 3);
+  if (shown === r) setDownload($("download-overlay"), png, `${stem(r.name)}_overlay.png`);
 }
 
 init();
