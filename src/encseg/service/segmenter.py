@@ -88,29 +88,33 @@ class Segmenter:
         if not path.exists():
             raise UserError(f"checkpoint {path} does not exist")
         model, cfg, extra = load_checkpoint(path, device=device)
-        extra = extra or {}
-        cfg_dict = cfg.__dict__ if hasattr(cfg, "__dict__") else dict(cfg)
-        info = ModelInfo(
-            name=str(extra.get("name") or f"setr-{cfg_dict.get('decoder', '?')}-{cfg_dict.get('encoder', '?')}"),
-            num_classes=int(cfg_dict["num_classes"]),
-            patch_size=int(cfg_dict.get("patch_size", 16)),
-            class_names=list(extra.get("class_names") or []),
-            palette=[list(map(int, c)) for c in (extra.get("palette") or [])],
-            schemes=schemes_from_extra(extra, int(cfg_dict.get("patch_size", 16))),
-            config={k: v for k, v in cfg_dict.items() if isinstance(v, (int, float, str, bool, list, tuple, type(None)))},
-            key_mode=key_mode_from_extra(extra),
-            trained_on={k: extra[k] for k in TRAINED_ON_KEYS if extra.get(k) is not None},
-        )
-        stride = None
-        if crop is None:
-            hint = extra.get("inference") or {}
-            crop = tuple(hint["crop"]) if hint.get("crop") else None
-            stride = tuple(hint["stride"]) if crop and hint.get("stride") else None
+        try:
+            extra = extra or {}
+            cfg_dict = cfg.__dict__ if hasattr(cfg, "__dict__") else dict(cfg)
+            info = ModelInfo(
+                name=str(extra.get("name") or f"setr-{cfg_dict.get('decoder', '?')}-{cfg_dict.get('encoder', '?')}"),
+                num_classes=int(cfg_dict["num_classes"]),
+                patch_size=int(cfg_dict.get("patch_size", 16)),
+                class_names=list(extra.get("class_names") or []),
+                palette=[list(map(int, c)) for c in (extra.get("palette") or [])],
+                schemes=schemes_from_extra(extra, int(cfg_dict.get("patch_size", 16))),
+                config={k: v for k, v in cfg_dict.items() if isinstance(v, (int, float, str, bool, list, tuple, type(None)))},
+                key_mode=key_mode_from_extra(extra),
+                trained_on={k: extra[k] for k in TRAINED_ON_KEYS if extra.get(k) is not None},
+            )
+            stride = None
+            if crop is None:
+                hint = extra.get("inference") or {}
+                crop = tuple(hint["crop"]) if hint.get("crop") else None
+                stride = tuple(hint["stride"]) if crop and hint.get("stride") else None
+            scene_size = tuple(int(v) for v in extra["scene_size"]) if extra.get("scene_size") else None
+            generator = int(extra["generator_version"]) if extra.get("generator_version") is not None else None
+        except UserError:
+            raise
+        except (TypeError, ValueError, KeyError, AttributeError, OverflowError):
+            raise UserError(f"checkpoint {path}: its extra metadata (classes, palette, schemes, inference) is malformed") from None
         segmenter = cls(model, info, device, crop, stride)
-        if extra.get("scene_size"):
-            segmenter.scene_size = tuple(int(v) for v in extra["scene_size"])
-        if extra.get("generator_version") is not None:
-            segmenter.generator_version = int(extra["generator_version"])
+        segmenter.scene_size, segmenter.generator_version = scene_size, generator
         return segmenter
 
     @torch.inference_mode()
