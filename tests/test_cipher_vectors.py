@@ -155,9 +155,12 @@ def test_encrypted_image_repr_shows_no_pixels_or_key():
     assert key.hex() not in repr(enc) and "array" not in repr(enc)
 
 
-@pytest.mark.parametrize("nbytes", [0, 1, 15, 16, 17, 1000, (1 << 18) - 1, 1 << 18, (1 << 18) + 5, 3 * (1 << 18) + 40])
-def test_the_chunked_long_stream_equals_the_step_stream(nbytes):
-    from encseg.cipher.keystream import _long_stream
+@pytest.mark.parametrize("nbytes,chunk", [(0, 16), (1, 16), (17, 16), (1000, 24), (2048, 2048), (5000, 1 << 18),
+                                          (3 * (1 << 18) + 40, 1 << 18), (1 << 19, 1 << 20)])
+def test_the_stream_read_chunk_by_chunk_equals_the_step_stream(nbytes, chunk):
+    from encseg.cipher.keystream import _stream_chunks
 
     key = Key(hashlib.sha256(b"long").digest())
-    assert bytes(_long_stream(key, "block-pixel-shuffle", nbytes)) == step_stream(key, "block-pixel-shuffle", nbytes)
+    chunks = [bytes(c) for c in _stream_chunks(key, "block-pixel-shuffle", nbytes, chunk)]
+    assert all(len(c) == chunk for c in chunks[:-1])
+    assert b"".join(chunks) == step_stream(key, "block-pixel-shuffle", nbytes)

@@ -53,15 +53,17 @@ def step_stream(key: Key, step_name: str, nbytes: int) -> bytes:
 _ZEROS = bytes(1 << 18)
 
 
-def _long_stream(key: Key, step_name: str, nbytes: int) -> memoryview:
-    """step_stream's bytes for long streams, encrypted chunk by chunk into one buffer: the zero input
-    stays in cache and nothing is copied twice (10x faster than step_stream for 16 MB)."""
+def _stream_chunks(key: Key, step_name: str, nbytes: int, chunk: int = len(_ZEROS)):
+    """step_stream's bytes, `chunk` at a time (the last one shorter), each encrypted into one reused
+    buffer: a long stream never lives in memory whole, and the zero input stays in cache. The view
+    yielded is overwritten by the next one."""
     enc = _encryptor(key, step_name)
-    buf = memoryview(bytearray(nbytes + 15))  # update_into wants block_size - 1 spare bytes
-    for off in range(0, nbytes, len(_ZEROS)):
-        k = min(len(_ZEROS), nbytes - off)
-        enc.update_into(memoryview(_ZEROS)[:k], buf[off:off + k + 15])
-    return buf[:nbytes]
+    buf = memoryview(bytearray(chunk + 15))  # update_into wants block_size - 1 spare bytes
+    zeros = memoryview(bytes(chunk)) if chunk > len(_ZEROS) else memoryview(_ZEROS)[:chunk]
+    for off in range(0, nbytes, chunk):
+        k = min(chunk, nbytes - off)
+        enc.update_into(zeros[:k], buf[:k + 15])
+        yield buf[:k]
 
 
 def draw_permutation(key: Key, step_name: str, n: int) -> np.ndarray:
@@ -77,12 +79,15 @@ def draw_permutation(key: Key, step_name: str, n: int) -> np.ndarray:
 def draw_block_permutations(key: Key, n: int, m: int) -> np.ndarray:
     """n permutations of m (format v2, block-pixel-shuffle), one row per block: row b is the stable
     argsort of little-endian uint64 words [b*m, (b+1)*m) of the step's stream."""
-    data = _long_stream(key, BLOCK_PIXEL_SHUFFLE, 8 * n * m)
-    if _kernel is not None and KERNEL_HAS_V2:
-        out = np.empty((n, m), np.int64)
-        _kernel.argsort_rows_u64(data, out, m)
-        return out
-    return np.argsort(np.frombuffer(data, dtype="<u8").reshape(n, m), axis=1, kind="stable")
+    out = np.empty((n, m), np.int64)
+    rows = max(1, len(_ZEROS) // (8 * m))  # rows sorted per chunk of the stream, while it is in cache
+    for i, data in enumerate(_stream_chunks(key, BLOCK_PIXEL_SHUFFLE, 8 * n * m, 8 * m * rows)):
+        dest = out[i * rows:(i + 1) * rows]
+        if _kernel is not None and KERNEL_HAS_V2:
+            _kernel.argsort_rows_u64(data, dest, m)
+        else:
+            dest[:] = np.argsort(np.frombuffer(data, dtype="<u8").reshape(-1, m), axis=1, kind="stable")
+    return out
 
 
 def draw_negate_bits(key: Key, n: int) -> np.ndarray:
