@@ -185,3 +185,85 @@ def test_key_invariant_encoder_takes_the_blocks_and_reports_what_does_not_fit(tm
     assert {"pos_embed", "patch_embed.proj.weight", "patch_embed.proj.bias"} <= set(report.unexpected)
     assert all(k.startswith("patch_embed.") for k in report.missing)  # the set embedding keeps its init
     assert torch.equal(model.encoder.blocks[3].mlp.fc1.weight, sd["blocks.3.mlp.fc1.weight"])
+
+
+# -- the other JAX layouts timm reads, and refusals ---------------------------------------------------
+
+def to_big_vision_layout(sd: dict[str, torch.Tensor], heads: int, scanned: bool = False) -> dict[str, np.ndarray]:
+    """timm names -> big_vision's .npz: `params/` prefix, `pos_embedding` at the top, sub-module
+    numbers MultiHeadDotProductAttention_0 / LayerNorm_1 / MlpBlock_0; scanned: one stacked block."""
+    jax = to_jax_layout(sd, heads)
+    rename = {"MultiHeadDotProductAttention_1": "MultiHeadDotProductAttention_0", "LayerNorm_2": "LayerNorm_1",
+              "MlpBlock_3": "MlpBlock_0"}
+    out: dict[str, np.ndarray] = {}
+    blocks: dict[str, list[np.ndarray]] = {}
+    for k, v in jax.items():
+        if k == "Transformer/posembed_input/pos_embedding":
+            out["params/pos_embedding"] = v
+            continue
+        for a, b in rename.items():
+            k = k.replace(a, b)
+        if scanned and k.startswith("Transformer/encoderblock_"):
+            rest = k.split("/", 2)[2]
+            blocks.setdefault(rest, []).append(v)  # blocks come in order 0, 1, ...
+            continue
+        out["params/" + k] = v
+    for rest, arrays in blocks.items():
+        out["params/Transformer/encoderblock/" + rest] = np.stack(arrays)
+    return out
+
+
+@pytest.mark.parametrize("layout", ["params-prefix", "big-vision", "big-vision-scanned", "opt-target"])
+def test_prefixed_and_big_vision_npz_layouts_reproduce_the_source_encoder(tmp_path, layout):
+    src, dst = small_encoder(0), small_encoder(1)
+    sd = {k: v.clone() for k, v in src.state_dict().items()}
+    if layout == "big-vision":
+        arrays = to_big_vision_layout(sd, heads=3)
+    elif layout == "big-vision-scanned":
+        arrays = to_big_vision_layout(sd, heads=3, scanned=True)
+        assert not any("encoderblock_" in k for k in arrays)
+    else:  # the vit_jax names under a prefix
+        prefix = "opt/target/" if layout == "opt-target" else "params/"
+        arrays = {prefix + k: v for k, v in to_jax_layout(sd, heads=3).items()}
+    path = tmp_path / "w.npz"
+    np.savez(path, **arrays)
+    x = torch.randn(2, 3, 32, 64)
+    assert not torch.allclose(outputs(src, x)[-1], outputs(dst, x)[-1])
+    report = load_vit_weights(dst, path)
+    assert report.missing == [] and len(report.loaded) == len(dst.state_dict())
+    for a, b in zip(outputs(src, x), outputs(dst, x)):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_a_file_that_loads_nothing_is_an_error_not_a_silent_success(tmp_path):
+    path = tmp_path / "other.npz"
+    np.savez(path, **{"some/other/model/kernel": np.zeros((3, 3), np.float32)})
+    with pytest.raises(UserError, match="nothing loaded"):
+        load_vit_weights(small_encoder(0), path)
+    st = tmp_path / "other.safetensors"
+    save_file({"decoder.conv.weight": torch.zeros(2, 2)}, str(st))
+    with pytest.raises(UserError, match="nothing loaded"):
+        load_vit_weights(small_encoder(0), st)
+
+
+@pytest.mark.parametrize("case", ["corrupt-safetensors", "corrupt-npz", "object-npz", "bad-pos-rank", "jax-incomplete"])
+def test_broken_weight_files_give_one_line_errors(tmp_path, case):
+    if case == "corrupt-safetensors":
+        path = tmp_path / "w.safetensors"
+        path.write_bytes(b"\xff" * 64)
+    elif case == "corrupt-npz":
+        path = tmp_path / "w.npz"
+        path.write_bytes(b"PK\x03\x04 not really a zip")
+    elif case == "object-npz":
+        path = tmp_path / "w.npz"
+        np.savez(path, a=np.array([{"x": 1}], dtype=object))
+    elif case == "bad-pos-rank":
+        path = tmp_path / "w.safetensors"
+        save_file({"pos_embed": torch.zeros(7), "cls_token": torch.zeros(1, 1, 192)}, str(path))
+    else:
+        path = tmp_path / "w.npz"
+        np.savez(path, **{"embedding/kernel": np.zeros((16, 16, 3, 192), np.float32),
+                          "Transformer/encoderblock_0/LayerNorm_0/scale": np.ones(192, np.float32)})
+    with pytest.raises(UserError) as info:
+        load_vit_weights(small_encoder(0), path)
+    assert "\n" not in str(info.value) and len(str(info.value)) < 400

@@ -49,7 +49,10 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        sd = load_file(str(path))
+        try:
+            sd = load_file(str(path))
+        except Exception as exc:  # noqa: BLE001 - corrupt header, truncated file
+            raise UserError(f"cannot read {path} as safetensors: {_one_line(exc)}") from None
     elif suffix in (".pth", ".pt", ".bin"):
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -62,12 +65,24 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             raise UserError(f"{path} does not hold a state dict")
         sd = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
     elif suffix == ".npz":
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-        if any(k.startswith("Transformer/") for k in arrays):
-            sd = convert_jax_vit(arrays)
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+        except Exception as exc:  # noqa: BLE001 - not a zip, object arrays (pickles), truncated
+            raise UserError(f"cannot read {path} as a numpy .npz of arrays: {_one_line(exc)}") from None
+        prefix = jax_prefix(arrays)
+        if prefix is not None:
+            try:
+                sd = convert_jax_vit(arrays, prefix)
+            except UserError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - missing pieces, odd shapes
+                raise UserError(f"{path}: the JAX ViT layout is incomplete or has odd shapes ({_one_line(exc)})") from None
         else:
-            sd = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}
+            try:
+                sd = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}
+            except TypeError as exc:
+                raise UserError(f"{path}: an array has a type torch cannot hold ({_one_line(exc)})") from None
     else:
         raise UserError(f"unsupported weights format {suffix!r}; use .safetensors, .pth/.pt/.bin or .npz")
     return _strip_prefixes(sd)
@@ -82,42 +97,83 @@ def _strip_prefixes(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return sd
 
 
-def convert_jax_vit(w: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-    """Rename and reshape the original (JAX/big_vision) ViT .npz layout into timm's names and shapes."""
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:200] or type(exc).__name__
+
+
+# Prefixes of the original ViT .npz files timm reads: none (vit_jax), "opt/target/" (older
+# checkpoints), "params/" (big_vision), "params/img/" (big_vision SigLIP image towers).
+JAX_PREFIXES = ("", "opt/target/", "params/", "params/img/")
+
+
+def jax_prefix(w: dict) -> str | None:
+    """The prefix under which an .npz holds a JAX ViT (`embedding/kernel`), or None if it holds none."""
+    for prefix in sorted(JAX_PREFIXES, key=len, reverse=True):
+        if f"{prefix}embedding/kernel" in w or f"{prefix}Transformer/encoder_norm/scale" in w:
+            return prefix
+    return None
+
+
+def convert_jax_vit(w: dict[str, np.ndarray], prefix: str | None = None) -> dict[str, torch.Tensor]:
+    """Rename and reshape an original ViT .npz into timm's names and shapes, as timm's `_load_weights`
+    reads them: the vit_jax layout (`Transformer/encoderblock_N/`, MultiHeadDotProductAttention_1,
+    LayerNorm_2, MlpBlock_3), big_vision's (`params/` prefix, `pos_embedding` at the top,
+    MultiHeadDotProductAttention_0, LayerNorm_1, MlpBlock_0), and the scanned layout of either
+    (`Transformer/encoderblock/` with a leading layer axis). The numbering is read from the file, so
+    either naming under any of the prefixes works."""
+    prefix = jax_prefix(w) if prefix is None else prefix
+    if prefix is None:
+        raise UserError("not a JAX ViT .npz (no embedding/kernel)")
+    big_vision = any("/MultiHeadDotProductAttention_0/" in k for k in w)  # big_vision's sub-module numbers
+    mha_i, mlp_i, ln2_i = (0, 0, 1) if big_vision else (1, 3, 2)
     t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).float()  # noqa: E731
+    P = prefix
     sd: dict[str, torch.Tensor] = {}
-    if "embedding/kernel" in w:
-        sd["patch_embed.proj.weight"] = t(w["embedding/kernel"].transpose(3, 2, 0, 1))  # HWIO -> OIHW
-        sd["patch_embed.proj.bias"] = t(w["embedding/bias"])
-    if "cls" in w:
-        sd["cls_token"] = t(w["cls"])
-    if "Transformer/posembed_input/pos_embedding" in w:
-        sd["pos_embed"] = t(w["Transformer/posembed_input/pos_embedding"])
-    if "Transformer/encoder_norm/scale" in w:
-        sd["norm.weight"] = t(w["Transformer/encoder_norm/scale"])
-        sd["norm.bias"] = t(w["Transformer/encoder_norm/bias"])
+    used: set[str] = set()
+
+    def get(name: str, layer: int | None = None) -> np.ndarray:
+        used.add(name)
+        a = w[name]
+        return a[layer] if layer is not None else a
+
+    if P + "embedding/kernel" in w:
+        sd["patch_embed.proj.weight"] = t(get(P + "embedding/kernel").transpose(3, 2, 0, 1))  # HWIO -> OIHW
+        sd["patch_embed.proj.bias"] = t(get(P + "embedding/bias"))
+    if P + "cls" in w:
+        sd["cls_token"] = t(get(P + "cls"))
+    for pos in (P + "pos_embedding", P + "Transformer/posembed_input/pos_embedding"):
+        if pos in w:
+            sd["pos_embed"] = t(get(pos))
+    if P + "Transformer/encoder_norm/scale" in w:
+        sd["norm.weight"] = t(get(P + "Transformer/encoder_norm/scale"))
+        sd["norm.bias"] = t(get(P + "Transformer/encoder_norm/bias"))
+    scanned = P + "Transformer/encoderblock/LayerNorm_0/scale" in w
+    depth = w[P + "Transformer/encoderblock/LayerNorm_0/scale"].shape[0] if scanned else 0
     i = 0
-    while f"Transformer/encoderblock_{i}/LayerNorm_0/scale" in w:
-        src, dst = f"Transformer/encoderblock_{i}/", f"blocks.{i}."
-        mha = src + "MultiHeadDotProductAttention_1/"
-        sd[dst + "norm1.weight"] = t(w[src + "LayerNorm_0/scale"])
-        sd[dst + "norm1.bias"] = t(w[src + "LayerNorm_0/bias"])
+    while (scanned and i < depth) or (not scanned and f"{P}Transformer/encoderblock_{i}/LayerNorm_0/scale" in w):
+        src = f"{P}Transformer/encoderblock/" if scanned else f"{P}Transformer/encoderblock_{i}/"
+        idx = i if scanned else None
+        dst = f"blocks.{i}."
+        mha = src + f"MultiHeadDotProductAttention_{mha_i}/"
+        sd[dst + "norm1.weight"] = t(get(src + "LayerNorm_0/scale", idx))
+        sd[dst + "norm1.bias"] = t(get(src + "LayerNorm_0/bias", idx))
         # query/key/value kernels are [D, heads, head_dim]; timm's fused qkv weight is [3D, D]
-        sd[dst + "attn.qkv.weight"] = torch.cat([t(w[mha + n + "/kernel"]).flatten(1).T for n in ("query", "key", "value")])
-        sd[dst + "attn.qkv.bias"] = torch.cat([t(w[mha + n + "/bias"]).flatten() for n in ("query", "key", "value")])
-        sd[dst + "attn.proj.weight"] = t(w[mha + "out/kernel"]).flatten(0, 1).T  # [heads, hd, D] -> [D, D]
-        sd[dst + "attn.proj.bias"] = t(w[mha + "out/bias"])
-        sd[dst + "norm2.weight"] = t(w[src + "LayerNorm_2/scale"])
-        sd[dst + "norm2.bias"] = t(w[src + "LayerNorm_2/bias"])
+        sd[dst + "attn.qkv.weight"] = torch.cat([t(get(mha + n + "/kernel", idx)).flatten(1).T for n in ("query", "key", "value")])
+        sd[dst + "attn.qkv.bias"] = torch.cat([t(get(mha + n + "/bias", idx)).flatten() for n in ("query", "key", "value")])
+        sd[dst + "attn.proj.weight"] = t(get(mha + "out/kernel", idx)).flatten(0, 1).T  # [heads, hd, D] -> [D, D]
+        sd[dst + "attn.proj.bias"] = t(get(mha + "out/bias", idx))
+        sd[dst + "norm2.weight"] = t(get(src + f"LayerNorm_{ln2_i}/scale", idx))
+        sd[dst + "norm2.bias"] = t(get(src + f"LayerNorm_{ln2_i}/bias", idx))
         for j, fc in ((0, "fc1"), (1, "fc2")):
-            sd[dst + f"mlp.{fc}.weight"] = t(w[src + f"MlpBlock_3/Dense_{j}/kernel"]).T
-            sd[dst + f"mlp.{fc}.bias"] = t(w[src + f"MlpBlock_3/Dense_{j}/bias"])
+            sd[dst + f"mlp.{fc}.weight"] = t(get(src + f"MlpBlock_{mlp_i}/Dense_{j}/kernel", idx)).T
+            sd[dst + f"mlp.{fc}.bias"] = t(get(src + f"MlpBlock_{mlp_i}/Dense_{j}/bias", idx))
         i += 1
-    known = {"embedding/kernel", "embedding/bias", "cls", "Transformer/posembed_input/pos_embedding",
-             "Transformer/encoder_norm/scale", "Transformer/encoder_norm/bias"}
-    for k, v in w.items():  # keep the rest (classifier head, pre-logits) so the report can list it
-        if k not in known and not k.startswith("Transformer/encoderblock_"):
-            sd[k] = t(v)
+    for k, v in w.items():  # keep the rest (classifier head, pre-logits, MAP head) so the report can list it
+        if k not in used and not k.startswith(P + "Transformer/encoderblock"):
+            try:
+                sd[k] = t(v)
+            except TypeError:
+                continue
     return sd
 
 
@@ -184,7 +240,17 @@ def load_vit_weights(
     encoder = model.encoder if hasattr(model, "encoder") else model
     if not isinstance(encoder, ViT):
         raise TypeError("load_vit_weights needs a ViT or a model with a ViT `.encoder`")
-    mapped, report = map_vit_state_dict(read_state_dict(path), encoder, src_grid, mode)
+    sd = read_state_dict(path)
+    try:
+        mapped, report = map_vit_state_dict(sd, encoder, src_grid, mode)
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - odd ranks or sizes in the file
+        raise UserError(f"{path}: the weights do not fit the encoder ({_one_line(exc)})") from None
+    if not mapped:
+        shown = ", ".join(report.unexpected[:5]) or "nothing"
+        raise UserError(f"{path}: no tensor fits the encoder (nothing loaded); the file holds {shown}"
+                        + (" ..." if len(report.unexpected) > 5 else "") + " -- not a timm or original ViT layout?")
     with torch.no_grad():
         params = encoder.state_dict()
         for key, value in mapped.items():
