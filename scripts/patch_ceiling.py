@@ -35,7 +35,7 @@ def main() -> None:
     ap.add_argument("--patch", type=int, default=16)
     a = ap.parse_args()
     size = parse_size(a.size)
-    conf = np.zeros((19, 19), np.int64)
+    conf = np.zeros((19, 20), np.int64)  # confusion_matrix: [C, C + 1]
     pixels = np.zeros(19)
     for i in range(a.scenes):
         _, label = render_scene(scene_seed(0, "val", i), size)

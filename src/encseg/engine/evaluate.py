@@ -27,18 +27,34 @@ from encseg.models import predict
 
 
 def confusion_matrix(pred: np.ndarray, gt: np.ndarray, num_classes: int = NUM_CLASSES) -> np.ndarray:
-    """conf[g, p] = pixels of ground-truth class g predicted as p; ignore-labelled pixels are skipped."""
+    """conf[g, p] = pixels of ground-truth class g predicted as p, shape [C, C + 1]; column C counts
+    the pixels predicted as ignore (255) or any id outside the classes. Ignore-labelled ground truth
+    is skipped.
+
+    As in cityscapesScripts (evalPixelLevelSemanticLabeling: fn = conf[g, :].sum() - tp, fp over
+    evaluated ground-truth classes only), a prediction outside the classes is a miss of the true
+    class and a false positive of none; it is never clipped into a class."""
     gt = np.asarray(gt).ravel().astype(np.int64)
     pred = np.asarray(pred).ravel().astype(np.int64)
-    valid = (gt != IGNORE_INDEX) & (gt < num_classes)
-    idx = gt[valid] * num_classes + np.clip(pred[valid], 0, num_classes - 1)
-    return np.bincount(idx, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+    if gt.shape != pred.shape:
+        raise UserError(f"prediction and ground truth differ in size ({pred.size} vs {gt.size} pixels)")
+    valid = (gt != IGNORE_INDEX) & (gt >= 0) & (gt < num_classes)
+    p = pred[valid]
+    p = np.where((p >= 0) & (p < num_classes), p, num_classes)
+    idx = gt[valid] * (num_classes + 1) + p
+    return np.bincount(idx, minlength=num_classes * (num_classes + 1)).reshape(num_classes, num_classes + 1)
 
 
 def iou_from_confusion(conf: np.ndarray) -> np.ndarray:
-    """Per-class IoU; NaN where the class is neither present nor predicted."""
-    tp = np.diag(conf).astype(np.float64)
-    union = conf.sum(0) + conf.sum(1) - tp
+    """Per-class IoU = TP / (TP + FP + FN); NaN where the class is neither present nor predicted.
+
+    Takes [C, C + 1] (from `confusion_matrix`: the last column, predictions outside the classes,
+    adds to FN only) or a square [C, C]."""
+    c = conf.shape[0]
+    tp = np.diag(conf[:, :c]).astype(np.float64)
+    fp = conf[:, :c].sum(0) - tp
+    fn = conf.sum(1) - tp
+    union = tp + fp + fn
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(union > 0, tp / np.maximum(union, 1), np.nan)
 
@@ -63,7 +79,8 @@ class EvalResult:
 
     @property
     def pixel_accuracy(self) -> float:
-        return float(np.diag(self.confusion).sum() / max(self.confusion.sum(), 1) * 100)
+        c = self.confusion.shape[0]
+        return float(np.diag(self.confusion[:, :c]).sum() / max(self.confusion.sum(), 1) * 100)
 
     def to_dict(self) -> dict:
         return {
@@ -129,7 +146,7 @@ def evaluate(
             raise UserError("JPEG transport applies to encrypted test images (pass an encryption mode)")
         check_block_size(scheme.block_size)
     num_classes = getattr(getattr(model, "config", None), "num_classes", NUM_CLASSES)
-    conf = np.zeros((num_classes, num_classes), dtype=np.int64)
+    conf = np.zeros((num_classes, num_classes + 1), dtype=np.int64)  # last column: predicted outside the classes
     n = len(dataset) if limit is None else min(limit, len(dataset))
     save_dir = Path(save_dir) if save_dir is not None else None
     if save_dir is not None:
