@@ -59,3 +59,27 @@ def test_export_command_errors_are_one_line(tmp_path, monkeypatch, capsys):
     assert err.startswith("error: checkpoint not found") and "Traceback" not in err
     assert run_cli(monkeypatch, "export", "--checkpoint", "x.safetensors", "--out", str(tmp_path / "m.txt")) == 2
     assert "must end in .onnx" in capsys.readouterr().err
+
+
+def test_canonicalising_model_exports_with_its_canonical_layer_in_the_graph(tmp_path):
+    """The exported graph includes block canonicalisation: NP/CS variants of an image give the same logits."""
+    import numpy as np
+
+    from encseg.cipher import Key, Scheme, encrypt
+    from encseg.models import normalize
+
+    torch.manual_seed(0)
+    cfg = SETRConfig(encoder="vit-tiny-6", decoder="token", num_classes=3, img_size=(32, 32), channels=16,
+                     position_embedding=False, canonical=True, aux=False, pixel_group=4)
+    model = build_setr(cfg).eval()
+    path = export_onnx(model, tmp_path / "canon.onnx", sample_size=(32, 48))
+    img = np.random.default_rng(0).integers(0, 256, (32, 64, 3), dtype=np.uint8)
+    img[:16, :16] = 100  # a tied (flat) block goes through the export's tie path
+    x = normalize(img)
+    assert onnx_parity(model, path, x) < 1e-4
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    run = lambda a: sess.run(None, {sess.get_inputs()[0].name: normalize(a).numpy()})[0]  # noqa: E731
+    enc = encrypt(img, Key.generate(), Scheme.parse("np-cs"))
+    assert np.allclose(run(enc.data), run(img), atol=1e-4)

@@ -94,18 +94,19 @@ def evaluate_cmd(
 
 
 def experiment_cmd(
-    budget: str = typer.Option("cpu-small", help="cpu-small (CPU, < 90 min on 2 cores) or gpu-small"),
+    budget: str = typer.Option("cpu-frontier", help="cpu-frontier (the privacy-accuracy frontier, CPU), cpu-small (the paper's table, CPU) or gpu-small"),
     out: Path = typer.Option(Path("runs/experiment"), help="working folder (runs are skipped when already done)"),
     data: Optional[Path] = typer.Option(None, help="benchmark folder (default: data/streets-<budget>)"),
     results: Path = typer.Option(Path("docs/results.md"), help="Markdown report to write"),
     chart: Path = typer.Option(Path("docs/results.png"), help="bar chart to write"),
     demo_out: Optional[Path] = typer.Option(None, help="also write the best per-image-key model here (fp16) as the demo model"),
     only: Optional[str] = typer.Option(None, help="comma-separated run names: redo these from scratch and run no others"),
+    privacy: Path = typer.Option(Path("docs/attack-record/results.json"), help="frontier: the `encseg attack` results.json to read privacy figures from"),
 ) -> None:
-    """The paper's table on the procedural street benchmark: plain, shared key, per-image keys."""
+    """The frontier (per scheme: per-image-key mIoU against the attacks' figures) or the paper's table, on the street benchmark."""
     from encseg.engine.experiment import run_experiment
 
-    run_experiment(budget, out, data, results, chart, demo_out, only.split(",") if only else None)
+    run_experiment(budget, out, data, results, chart, demo_out, only.split(",") if only else None, privacy)
 
 
 def export_demo_cmd(

@@ -63,11 +63,17 @@ class Budget:
     eval_batch: int = 8
     eval_crop: tuple[int, int] | None = None  # sliding-window evaluation (H, W); None: whole images
     eval_stride: tuple[int, int] | None = None
+    frontier: bool = False  # the privacy-accuracy frontier (encseg.engine.frontier) instead of the paper's table
+    data_name: str | None = None  # data folder data/streets-<data_name> (default: the budget's name)
 
 
 BUDGETS = {
     "cpu-small": Budget(
         name="cpu-small", train_preset="streets-cpu", steps=4000, size=(128, 256), n_train=1500, n_val=100,
+    ),
+    "cpu-frontier": Budget(
+        name="cpu-frontier", train_preset="streets-cpu", steps=4000, size=(128, 256), n_train=1500, n_val=100,
+        frontier=True, data_name="cpu-small",
     ),
     "gpu-small": Budget(
         name="gpu-small", train_preset="streets-cpu", steps=8000, size=(256, 512), n_train=3000, n_val=300,
@@ -96,6 +102,22 @@ def plan_runs(budget: Budget, data_root: Path, out: Path) -> list[Run]:
     base.run.steps = budget.steps
     base.run.threads = budget.threads
     base.run.ckpt_every = max(budget.steps // 4, 1)
+    if budget.frontier:
+        from encseg.engine.frontier import CANDIDATES, split_scheme
+
+        runs = []
+        for c in CANDIDATES:
+            cfg = clone(base)
+            cfg.run.out = str(out / c.name)
+            cfg.run.steps = int(round(budget.steps * c.steps_factor))
+            cfg.run.ckpt_every = max(cfg.run.steps // 4, 1)
+            cfg.encryption.mode = c.train
+            apply_dict(cfg, {"model": dict(c.model)})
+            if c.scheme:
+                name, block = split_scheme(c.scheme)
+                cfg.encryption.scheme = name
+            runs.append(Run(c.name, c.label, c.train, c.scheme, list(c.evals), cfg.validate()))
+        return runs
 
     def make(name, model, train, scheme, evals):
         cfg = clone(base)
@@ -157,7 +179,7 @@ def _run_job(run: Run, data_root: str, budget: Budget, data: dict) -> dict:
     val = CityscapesDataset(data_root, "val")
     results = []
     for mode, scheme in run.evals:
-        s = Scheme.parse(scheme, block_size=config.block) if scheme else None
+        s = Scheme.parse(scheme.partition("/")[0], block_size=config.block) if scheme else None
         key = load_key(shared_key_path(run.cfg)) if mode == "shared" else None
         r = evaluate(model, val, "cpu", mode, s, key, crop=budget.eval_crop, stride=budget.eval_stride,
                      batch_size=budget.eval_batch)
@@ -218,13 +240,14 @@ def ensure_data(budget: Budget, root: Path) -> Path:
 
 
 def run_experiment(budget_name: str, out: Path, data: Path | None, results_md: Path, chart: Path,
-                   demo_out: Path | None = None, only: list[str] | None = None) -> list[dict]:  # fmt: skip
+                   demo_out: Path | None = None, only: list[str] | None = None,
+                   privacy: Path = Path("docs/attack-record/results.json")) -> list[dict]:  # fmt: skip
     if budget_name not in BUDGETS:
         raise UserError(f"unknown budget {budget_name!r}; budgets: {', '.join(BUDGETS)}")
     budget = BUDGETS[budget_name]
     t0 = time.perf_counter()
     out = Path(out) / budget.name
-    data_root = ensure_data(budget, Path(data) if data else Path("data") / f"streets-{budget.name}")
+    data_root = ensure_data(budget, Path(data) if data else Path("data") / f"streets-{budget.data_name or budget.name}")
     t_data = time.perf_counter() - t0
     runs = plan_runs(budget, data_root, out)
     data = streets_meta(data_root)
@@ -266,11 +289,44 @@ def run_experiment(budget_name: str, out: Path, data: Path | None, results_md: P
         timing.write_text(json.dumps({"wall_minutes": round(total_s / 60, 1), "data_minutes": round(t_data / 60, 1),
                                       "runs_trained": len(todo), "runs": len(runs)}) + "\n")  # fmt: skip
     trained = json.loads(timing.read_text()) if timing.is_file() else None
+    if budget.frontier:
+        _frontier_report(budget, ordered, data_root, results_md, chart, demo_out, total_s, trained, privacy)
+        print(f"wrote {results_md} and {chart} ({total_s / 60:.1f} min)", flush=True)
+        return ordered
     if demo_out is not None:
         export_demo(budget, ordered, data_root, Path(demo_out))
     write_report(budget, ordered, data_root, results_md, chart, total_s, t_data, demo_out, trained)
     print(f"wrote {results_md} and {chart} ({total_s / 60:.1f} min)", flush=True)
     return ordered
+
+
+def _frontier_report(budget: Budget, records: list[dict], data_root: Path, results_md: Path, chart: Path,
+                     demo_out: Path | None, total_s: float, trained: dict | None, privacy: Path) -> None:  # fmt: skip
+    import torch
+
+    from encseg.engine.frontier import write_frontier_report
+
+    wall = (f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores visible, torch {torch.__version__}, "
+            f"{budget.parallel} runs at a time with {budget.threads} thread each; this invocation {total_s / 60:.1f} min"
+            + (f"; the invocation that trained {trained['runs_trained']} of the {trained['runs']} runs took "
+               f"{trained['wall_minutes']} min (data generation {trained['data_minutes']} min)." if trained else "."))
+    default = write_frontier_report(budget, records, data_root, results_md, chart, privacy, wall, [])
+    if demo_out is None:
+        return
+    if default is None:
+        print("no scheme meets the privacy goals (or no attack record): the demo model is left as it is", flush=True)
+        return
+    rec = next(r for r in records if r["name"] == default["run"])
+    miou = next(x["miou"] for x in rec["results"] if x["scheme"] == default["scheme"])
+    plain = next(x["miou"] for r in records if r["name"] == "setr-plain" for x in r["results"] if x["test"] == "none")
+    write_demo_asset(
+        Path(rec["config"]["run"]["out"]) / "model.safetensors", Path(demo_out), name=f"streets-{rec['name']}",
+        scheme=default["scheme"], scene_size=budget.size, val_miou=miou,
+        command=f"encseg experiment --budget {budget.name} --demo-out {demo_out}", data_root=data_root,
+        run=rec["name"], plain_val_miou=plain,
+        data={"generator_seed": budget.data_seed, "train": budget.n_train, "val": budget.n_val},
+    )  # fmt: skip
+    write_frontier_report(budget, records, data_root, results_md, chart, privacy, wall, demo_model_lines(demo_out))
 
 
 # -- the report -----------------------------------------------------------------------------------

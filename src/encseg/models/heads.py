@@ -193,17 +193,38 @@ class SortedTokenHead(nn.Module):
         logits = logits.reshape(B, C, r * r, q * q, h * w).permute(0, 1, 4, 2, 3)  # [B, C, N, S, q*q] by slot
         order, keys = pixel_sort_order(image, p, q)  # [B, N, S, q*q]
         # tied ranks (identical pixels) share the mean of their slots
-        new_run = torch.ones_like(keys, dtype=torch.bool)
-        new_run[..., 1:] = keys[..., 1:] != keys[..., :-1]
-        run = (new_run.cumsum(-1) - 1).unsqueeze(1).expand_as(logits)
-        sums = torch.zeros_like(logits).scatter_add_(-1, run, logits)
-        counts = torch.zeros_like(logits).scatter_add_(-1, run, torch.ones_like(logits))
-        logits = (sums / counts.clamp(min=1)).gather(-1, run)
+        logits = _mean_over_runs(logits, keys)
         # slot k -> the position order[k]
         inverse = order.argsort(-1).unsqueeze(1).expand_as(logits)
         logits = logits.gather(-1, inverse)  # [B, C, N, S, q*q] by position
         logits = logits.reshape(B, C, h, w, r, r, q, q).permute(0, 1, 2, 4, 6, 3, 5, 7)
         return logits.reshape(B, C, h * p, w * p)
+
+
+def _mean_over_runs(values: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """Replace each slot's value by the mean over its run of equal (sorted) keys along the last axis.
+
+    values [B, C, ...,  P], keys [B, ..., P] sorted ascending. Runs are contiguous, so a run's sum is
+    a difference of cumulative sums between its first and last slot (no scatter-add: its ONNX
+    lowering mishandles repeated indices).
+    """
+    P = keys.shape[-1]
+    pos = torch.arange(P, device=keys.device).expand_as(keys)
+    first = torch.ones_like(keys, dtype=torch.bool)
+    first[..., 1:] = keys[..., 1:] != keys[..., :-1]
+    last = torch.ones_like(keys, dtype=torch.bool)
+    last[..., :-1] = keys[..., 1:] != keys[..., :-1]
+    run = first.long().cumsum(-1) - 1  # run index of every slot
+    # each run's first and last slot; slots that are not a run's first (last) write to a spare cell P
+    spare = torch.full_like(pos, P)
+    start = torch.zeros(*keys.shape[:-1], P + 1, dtype=torch.long, device=keys.device)
+    start = start.scatter(-1, torch.where(first, run, spare), pos)[..., :P].gather(-1, run)
+    end = torch.zeros(*keys.shape[:-1], P + 1, dtype=torch.long, device=keys.device)
+    end = end.scatter(-1, torch.where(last, run, spare), pos)[..., :P].gather(-1, run)
+    start, end = start.unsqueeze(1).expand_as(values), end.unsqueeze(1).expand_as(values)
+    csum = values.cumsum(-1)
+    total = csum.gather(-1, end) - csum.gather(-1, start) + values.gather(-1, start)
+    return total / (end - start + 1).to(values.dtype)
 
 
 class PixelHead(nn.Module):

@@ -111,10 +111,13 @@ def pixel_sort_order(x: torch.Tensor, patch_size: int, group: int) -> tuple[torc
     mean = x.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
     std = x.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
     v = (x.float() * std.float() + mean.float()).round().clamp(0, 255)
-    key = v[:, 0] * 65536 + v[:, 1] * 256 + v[:, 2]  # [B, H, W], exact in float32 (< 2^24)
+    key = (v[:, 0] * 65536 + v[:, 1] * 256 + v[:, 2]).long()  # [B, H, W]
     sub = subblocks(key.unsqueeze(1), patch_size, group)[:, 0]  # [B, N, S, q*q]
-    keys, order = sub.sort(dim=-1, stable=True)
-    return order, keys
+    n = group * group
+    # position as the last tie-break makes every key unique, so a plain sort is deterministic (and exportable)
+    unique = sub * n + torch.arange(n, device=sub.device)
+    order = unique.sort(dim=-1).indices
+    return order, sub.gather(-1, order)
 
 
 def subblocks(x: torch.Tensor, patch_size: int, group: int) -> torch.Tensor:

@@ -1,0 +1,269 @@
+"""The privacy-accuracy frontier: `encseg experiment --budget cpu-frontier`.
+
+For every offered scheme, the model built to be invariant to that scheme's key-dependent choices
+(`SETRConfig.invariances`) is trained with a fresh key per sample and scored with a fresh key per
+validation image; the scheme's privacy figures come from an `encseg attack` record
+(`results.json`). One table and one scatter chart (privacy against mIoU) go to docs/results.md, and
+the default scheme is the most accurate one that meets the privacy goals.
+
+Every run of a budget gets about the same wall time on one CPU thread: `steps_factor` scales the
+steps by how much faster a model trains per step than plain SETR-PUP (measured without contention,
+docs/training.md). All figures are on the procedural street benchmark, not Cityscapes.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+INVARIANT = {"decoder": "token", "position_embedding": False, "canonical": True}
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One frontier run: a model family trained per-image on one scheme, scored on `schemes`."""
+
+    name: str
+    label: str  # what the table calls the model
+    train: str  # "none" | "shared" | "per-image"
+    scheme: str | None
+    evals: tuple[tuple[str, str | None], ...]
+    model: dict = field(default_factory=dict)  # SETRConfig overrides
+    steps_factor: float = 1.0
+
+
+def _pi(*schemes: str) -> tuple[tuple[str, str | None], ...]:
+    return tuple(("per-image", s) for s in schemes)
+
+
+ALL_SCHEMES = ("np-cs", "ps4-np-cs", "psb4-np-cs", "bs-np-cs", "bs-ps4-np-cs", "bs-psb4-np-cs", "bs-ps-np-cs",
+               "bs-psb-np-cs", "bs-np-cs/32")  # fmt: skip  ("/32": 32-px cipher blocks over 16-px patches)
+
+
+def split_scheme(s: str) -> tuple[str, int | None]:
+    """"bs-np-cs/32" -> ("bs-np-cs", 32); "bs-np-cs" -> ("bs-np-cs", None) (the model's block size)."""
+    name, _, block = s.partition("/")
+    return name, int(block) if block else None
+
+CANDIDATES = (
+    Candidate("setr-plain", "SETR (plain)", "none", None, (("none", None),) + _pi(*ALL_SCHEMES[:-1])),
+    Candidate("canon-pup-np-cs", "SETR-PUP + canonical blocks", "per-image", "np-cs", _pi("np-cs"),
+              {"canonical": True}),
+    Candidate("sorted4-pos-ps4-np-cs", "sorted 4x4 + canonical, positions", "per-image", "ps4-np-cs",
+              _pi("ps4-np-cs", "psb4-np-cs"), INVARIANT | {"position_embedding": True, "pixel_group": 4}),
+    Candidate("inv-bs-np-cs", "key-invariant token + canonical", "per-image", "bs-np-cs", _pi("bs-np-cs"),
+              INVARIANT, 1.25),
+    Candidate("sorted4-bs-ps4-np-cs", "key-invariant sorted 4x4 + canonical", "per-image", "bs-ps4-np-cs",
+              _pi("bs-ps4-np-cs", "bs-psb4-np-cs"), INVARIANT | {"pixel_group": 4}),
+    Candidate("sorted16-bs-ps-np-cs", "key-invariant sorted + canonical", "per-image", "bs-ps-np-cs",
+              _pi("bs-ps-np-cs", "bs-psb-np-cs"), INVARIANT | {"pixel_group": 16}),
+    Candidate("inv32-bs-np-cs", "key-invariant token + canonical, 32-px blocks", "per-image", "bs-np-cs/32",
+              _pi("bs-np-cs/32"), INVARIANT | {"cipher_block": 32, "block_position": True}, 1.25),
+)  # fmt: skip
+
+
+# -- privacy figures --------------------------------------------------------------------------------
+
+def load_privacy(path: Path) -> dict[str, dict]:
+    """Per scheme name, the attack record's figures (see encseg.attacks), or {} without a record."""
+    if not path.is_file():
+        return {}
+    data = json.loads(path.read_text())
+    rows = data.get("schemes", data) if isinstance(data, dict) else data
+    out = {}
+    for r in rows if isinstance(rows, list) else rows.values():
+        if isinstance(r, dict) and "scheme" in r:
+            out[r["scheme"]] = r
+    return out
+
+
+def privacy_summary(rec: dict | None) -> dict:
+    """The frontier's privacy columns from one scheme's attack record (None where the record lacks them)."""
+    if not rec:
+        return {}
+    f = rec.get("frontier") or rec
+
+    def pick(*names):
+        for n in names:
+            if f.get(n) is not None:
+                return f[n]
+        return None
+
+    return {
+        "direct_x_chance": pick("direct_x_chance", "jigsaw_direct_x_chance", "direct_ratio"),
+        "neighbour": pick("neighbour", "jigsaw_neighbour", "neighbour_comparison"),
+        "leakage": pick("max_leakage", "leakage_max", "semantic_leakage_max"),
+        "position_probe": pick("position_probe_x_chance", "position_probe"),
+        "goals": f.get("goals") or rec.get("goals"),
+    }
+
+
+def passes(p: dict) -> bool | None:
+    goals = p.get("goals")
+    if not isinstance(goals, dict) or not goals:
+        return None
+    return all(bool(v) for v in goals.values())
+
+
+# -- the frontier table and chart -----------------------------------------------------------------
+
+def frontier_rows(records: list[dict], privacy: dict[str, dict]) -> list[dict]:
+    """Per scheme: the best per-image-key model and mIoU, the plain SETR's mIoU on it, privacy figures."""
+    plain = next((x["miou"] for r in records if r["name"] == "setr-plain" for x in r["results"] if x["test"] == "none"), None)
+    rows = []
+    for s in ALL_SCHEMES:
+        best = None
+        for r in records:
+            if r["train"] != "per-image":
+                continue
+            for x in r["results"]:
+                if x["test"] == "per-image" and x["scheme"] == s and (best is None or x["miou"] > best[1]):
+                    best = (r, x["miou"])
+        p = privacy_summary(privacy.get(s))
+        rows.append({
+            "scheme": s, "model": best[0]["model"] if best else None, "run": best[0]["name"] if best else None,
+            "miou": best[1] if best else None, "ratio": (best[1] / plain) if best and plain else None,
+            "format": 2 if "psb" in s else 1, "passes": passes(p), **p,
+        })  # fmt: skip
+    return rows
+
+
+def choose_default(rows: list[dict]) -> dict | None:
+    """The most accurate scheme that meets every privacy goal (None when none does or no record)."""
+    ok = [r for r in rows if r["passes"] and r["miou"] is not None]
+    return max(ok, key=lambda r: r["miou"]) if ok else None
+
+
+def _f(v, fmt="{:.1f}") -> str:
+    return "—" if v is None else fmt.format(v)
+
+
+def frontier_table(rows: list[dict], plain: float | None) -> list[str]:
+    lines = [
+        "| scheme | format | best per-image-key model | mIoU | x plain | jigsaw direct (x chance) | neighbour | "
+        "max semantic leakage | position probe (x chance) | privacy goals |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        verdict = {True: "**pass**", False: "fail", None: "—"}[r["passes"]]
+        lines.append(
+            f"| `{r['scheme']}` | v{r['format']} | {r['model'] or '—'} | {_f(r['miou'])} | {_f(r['ratio'], '{:.2f}')} | "
+            f"{_f(r.get('direct_x_chance'))} | {_f(r.get('neighbour'), '{:.1%}') if r.get('neighbour') is not None else '—'} | "
+            f"{_f(r.get('leakage'), '{:.2f}')} | {_f(r.get('position_probe'), '{:.1f}')} | {verdict} |"
+        )
+    if plain is not None:
+        lines += ["", f"Plain SETR-PUP on plain images (the reference): **{plain:.1f}** mIoU."]
+    return lines
+
+
+def draw_frontier(rows: list[dict], plain: float | None, path: Path) -> None:
+    """Scatter: semantic leakage (privacy, lower is better) across, per-image-key mIoU up; goal band shaded."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    W, H, left, right, top, bottom = 900, 560, 80, 40, 60, 70
+    img = Image.new("RGB", (W, H), "white")
+    dr = ImageDraw.Draw(img)
+    try:
+        font, small = ImageFont.load_default(size=14), ImageFont.load_default(size=12)
+    except TypeError:
+        font = small = ImageFont.load_default()
+    pw, ph = W - left - right, H - top - bottom
+    pts = [r for r in rows if r["miou"] is not None]
+    ymax = max([plain or 0] + [r["miou"] for r in pts] + [10]) * 1.15
+    xs = [r["leakage"] for r in pts if r.get("leakage") is not None]
+    xmax = max([1.0] + xs) * 1.05
+    X = lambda v: left + pw * max(0.0, v) / xmax  # noqa: E731
+    Y = lambda v: top + ph * (1 - v / ymax)  # noqa: E731
+    dr.rectangle([X(0), top, X(0.10), Y(0)], fill=(225, 245, 225))  # leakage goal <= 0.10
+    for t in range(0, int(ymax) + 1, 10):
+        dr.line([(left, Y(t)), (left + pw, Y(t))], fill=(230, 230, 230))
+        dr.text((left - 8, Y(t)), str(t), fill="black", font=small, anchor="rm")
+    for i in range(0, 11, 2):
+        v = xmax * i / 10
+        dr.text((X(v), Y(0) + 8), f"{v:.2f}", fill="black", font=small, anchor="mt")
+    dr.line([(left, top), (left, Y(0)), (left + pw, Y(0))], fill="black")
+    dr.text((12, 14), "Privacy-accuracy frontier on the procedural street benchmark (not Cityscapes)", fill="black", font=font)
+    dr.text((left + pw / 2, H - 24), "max semantic leakage of the attacks (0 = nothing a segmenter can use; goal <= 0.10, shaded)",
+            fill="black", font=small, anchor="mm")  # fmt: skip
+    dr.text((14, top - 22), "per-image-key mIoU", fill="black", font=small)
+    if plain is not None:
+        for x in range(left, left + pw, 12):
+            dr.line([(x, Y(plain)), (min(x + 6, left + pw), Y(plain))], fill=(200, 40, 40), width=2)
+        dr.text((left + pw - 4, Y(plain) - 4), f"plain SETR {plain:.1f}", fill=(200, 40, 40), font=small, anchor="rb")
+        dr.line([(left, Y(0.8 * plain)), (left + pw, Y(0.8 * plain))], fill=(240, 170, 170))
+        dr.text((left + pw - 4, Y(0.8 * plain) - 4), "0.8 x plain (goal)", fill=(200, 90, 90), font=small, anchor="rb")
+    for r in pts:
+        x = X(r["leakage"]) if r.get("leakage") is not None else left + 6
+        y = Y(r["miou"])
+        colour = {True: (40, 150, 60), False: (200, 60, 40), None: (120, 120, 120)}[r["passes"]]
+        dr.ellipse([x - 6, y - 6, x + 6, y + 6], fill=colour, outline="black")
+        dr.text((x + 9, y), f"{r['scheme']} ({r['miou']:.1f})", fill="black", font=small, anchor="lm")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path)
+
+
+def write_frontier_report(budget, records: list[dict], data_root: Path, path: Path, chart: Path, privacy_path: Path,
+                          wall: str, demo_line: list[str]) -> dict | None:  # fmt: skip
+    """docs/results.md for the frontier budget; returns the chosen default row (or None)."""
+    from encseg.engine.experiment import augmentation_text, streets_meta
+
+    privacy = load_privacy(privacy_path)
+    plain = next((x["miou"] for r in records if r["name"] == "setr-plain" for x in r["results"] if x["test"] == "none"), None)
+    rows = frontier_rows(records, privacy)
+    default = choose_default(rows)
+    meta = streets_meta(data_root)
+    cfg = records[0]["config"]
+    d, o = cfg["data"], cfg["optim"]
+    L = [
+        "# Results: the privacy-accuracy frontier of per-image keys",
+        "",
+        f"**Benchmark: the procedural street scenes of `encseg data streets` (Cityscapes classes and layout), not "
+        f"Cityscapes.** {budget.n_train} training and {budget.n_val} validation scenes of {budget.size[0]}x{budget.size[1]} "
+        f"pixels, generator version {meta.get('generator_version', '?')}, seed {budget.data_seed} (the standard "
+        "validation split: never used to choose anything; choices were made on a second validation set of seed 1, "
+        "[training.md](training.md#probes-per-image-keys-without-the-accuracy-loss)). mIoU (%) with the Cityscapes "
+        "protocol. Every encrypted training sample and every validation image gets its own fresh key; predictions "
+        "are decrypted with that key before scoring.",
+        "",
+        "Each scheme is scored with the model built to be invariant to it by construction "
+        "(`SETRConfig.invariances`, proved by tests/test_invariance.py): canonical blocks undo NP and CS without a key, "
+        "no absolute position embedding plus token-wise decoding commutes with block scrambling, and the sorted patch "
+        "embedding with sorted-slot decoding commutes with pixel shuffling (v1 one permutation per image, v2 one per "
+        f"block). Privacy figures: the attack record `{privacy_path}` (`encseg attack`, held-out 256x512 scenes; "
+        "[security.md](security.md)).",
+        "",
+    ]
+    L += frontier_table(rows, plain)
+    L += ["", f"![privacy-accuracy frontier]({chart.name})", ""]
+    if default is not None:
+        L += [f"**Default scheme: `{default['scheme']}`**, the most accurate scheme that meets every privacy goal: "
+              f"{default['miou']:.1f} mIoU with per-image keys, {default['ratio']:.2f}x plain SETR "
+              f"(goal >= 0.8x; stretch: within 1.0 mIoU)."]  # fmt: skip
+    elif privacy:
+        L += ["**No scheme meets every privacy goal**; the default stays as it is and the table says why."]
+    else:
+        L += [f"No attack record at `{privacy_path}`: privacy columns are empty and no default is chosen."]
+    plain_on = {x["scheme"]: x["miou"] for r in records if r["name"] == "setr-plain" for x in r["results"] if x["test"] == "per-image"}
+    if plain_on:
+        L += ["", "The plain SETR on per-image-key ciphertexts (no key-aware training): "
+              + ", ".join(f"`{k}` {v:.1f}" for k, v in plain_on.items()) + "."]
+    L += ["", "## How these numbers were made", "", "```", f"encseg experiment --budget {budget.name}"
+          + " --demo-out src/encseg/assets", "```", "",
+          f"Budget `{budget.name}`: each run trains from scratch on one CPU thread ({augmentation_text(d)}, batch "
+          f"{cfg['run']['batch_size']}, {o['name']} lr {o['lr']}, poly, {o['warmup_steps']} warm-up steps, "
+          f"{o.get('class_weights', 'none')} class weights), vit-tiny-6 encoder with patch 16, decoder width "
+          f"{cfg['model']['channels']}; plain SETR-PUP trains {budget.steps} steps and every other run the steps that take "
+          "about the same wall time (faster models get more: factor in the run table).", "", wall, "",
+          "| run | model | trained on | steps | train s | results (per-image keys unless plain) |", "|---|---|---|---:|---:|---|"]
+    for r in records:
+        res = "; ".join(f"{x['scheme'] or 'plain'}: {x['miou']:.1f}" for x in r["results"])
+        L.append(f"| {r['name']} | {r['model']} | {r['scheme'] or 'plain'} ({r['train']}) | {r['steps']} | "
+                 f"{r['train_seconds']:.0f} | {res} |")
+    L += demo_line
+    L += ["", "The paper-style table of the previous experiment (`--budget cpu-small`: SETR plain, shared-key and "
+          "per-image-key, without canonical blocks) is kept in [results-cpu-small.md](results-cpu-small.md).", ""]
+    path.write_text("\n".join(L))
+    draw_frontier(rows, plain, chart)
+    (path.parent / "frontier.json").write_text(json.dumps({"plain": plain, "rows": rows, "default": default}, indent=2) + "\n")
+    return default
