@@ -36,7 +36,8 @@ def run_demo(out: Path, checkpoint: Path = DEMO_CHECKPOINT, scene: int = 0, size
         raise UserError(f"checkpoint {checkpoint} does not exist (the demo model ships in src/encseg/assets/)")
     segmenter = Segmenter.from_checkpoint(checkpoint)
     info = segmenter.info
-    scheme = Scheme.parse(scheme_text, block_size=info.patch_size) if scheme_text else info.schemes[0]
+    block = int(info.config.get("cipher_block") or info.patch_size)
+    scheme = Scheme.parse(scheme_text, block_size=block) if scheme_text else info.schemes[0]
     if size is None:  # the scene size the model was trained on (its crops may be smaller)
         size = segmenter.scene_size or tuple(int(v) for v in info.config.get("img_size", (256, 512)))
     if segmenter.generator_version not in (None, GENERATOR_VERSION):
@@ -76,10 +77,27 @@ def run_demo(out: Path, checkpoint: Path = DEMO_CHECKPOINT, scene: int = 0, size
         "pixel_accuracy": round(pixel_acc, 2),
         "per_class_IoU": {CLASS_NAMES[i]: round(float(v) * 100, 2) for i, v in enumerate(iou) if not np.isnan(v)},
         "key": "generated for this image, used, and discarded (never written)",
+        **price_of_privacy(checkpoint),
         "files": sorted(pictures) + ["prediction_labels.png"],
     }
     write_atomic(out / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
     return summary
+
+
+def price_of_privacy(checkpoint: Path) -> dict:
+    """The shipped model's validation mIoU with per-image keys and the plain model's at the same budget,
+    from the checkpoint's JSON (written by `encseg experiment --demo-out`); {} when it does not say."""
+    path = Path(checkpoint).with_suffix(".json")
+    try:
+        extra = json.loads(path.read_text()).get("extra") or {}
+    except (OSError, ValueError):
+        return {}
+    out = {}
+    if isinstance(extra.get("val_miou_per_image_keys"), (int, float)):
+        out["val_mIoU_per_image_keys"] = round(float(extra["val_miou_per_image_keys"]), 2)
+    if isinstance(extra.get("plain_val_miou"), (int, float)):
+        out["val_mIoU_plain_model_same_budget"] = round(float(extra["plain_val_miou"]), 2)
+    return out
 
 
 def demo_cmd(
@@ -96,6 +114,13 @@ def demo_cmd(
     typer.echo(f"scene {s['scene']} ({s['size'][0]}x{s['size'][1]}, {s['benchmark']})")
     typer.echo(f"scheme {s['scheme']}, model {s['model']}: a fresh key encrypted it, the model saw only the encrypted image")
     typer.echo(f"mIoU {s['mIoU']:.2f}  pixel accuracy {s['pixel_accuracy']:.2f}  (this one image, after decrypting the label map)")
+    if "val_mIoU_per_image_keys" in s:
+        line = f"validation split (100 scenes): {s['val_mIoU_per_image_keys']:.1f} mIoU with a fresh key per image"
+        if "val_mIoU_plain_model_same_budget" in s:
+            plain = s["val_mIoU_plain_model_same_budget"]
+            line += (f" vs {plain:.1f} for plain SETR on plain images at the same budget "
+                     f"({s['val_mIoU_per_image_keys'] / plain:.2f}x: the price of privacy)")
+        typer.echo(line)
     typer.echo(f"wrote {len(s['files'])} PNGs and summary.json to {out}/ ; the key was discarded")
 
 
