@@ -5,17 +5,21 @@
 eval mode it returns the logits [B, C, H, W] alone. Inputs are ImageNet-normalised floats
 (`encseg.models.normalize`) of any size that is a multiple of the patch size.
 
-The key-invariant variant (`decoder="token"`, `position_embedding=False`) is built for images whose
-blocks are scrambled with a fresh key per image: no position embedding, and a decoder that turns
-each token into its own p x p patch of logits, so `model(BS(x)) == BS(model(x))` by construction.
-With `invariant_embedding=True` the patch embedding pools a per-pixel MLP over the block and the
-decoder works per pixel, so `model(PS(x)) == PS(model(x))` holds too (pixel shuffle in blocks).
-What it gives up, by construction and for every image, scrambled or not:
-- no absolute position prior (sky at the top, road at the bottom): the encoder sees a set of tokens;
-- no convolution across neighbouring tokens in the decoder, so no smoothing of boundaries between
-  patches; logits are decided patch by patch (or pixel by pixel, from its own block only);
-- with `invariant_embedding`, no texture or edge layout inside a block: only the block's
-  distribution of pixel values (mean, max and learned per-pixel features) reaches the encoder.
+The key-invariant variants are built for images encrypted with a fresh key per image, where every
+key-dependent choice of the cipher is noise; `SETRConfig.invariances` names the scheme steps a
+model commutes with by construction (tests/test_invariance.py proves each claim on random keys):
+- `canonical=True`: `BlockCanonical` maps every NP/CS variant of a cipher block to one block
+  (key-free, exact): invariance to `np` and `cs`, with or without positions;
+- `decoder="token"` (or `"mask"`) with `position_embedding=False`: no absolute position, each token
+  decodes its own p x p patch, so `model(BS(x)) == BS(model(x))` (`bs`); `cipher_block=32` with
+  `block_position=True` keeps the position of a token inside its 32-px cipher block;
+- `pixel_group=q`: sorted patch embedding and sorted-slot decoder, order-free inside q x q
+  sub-blocks: `ps<q>`/`psb<q>` (q = p: `ps`, `psb`); `invariant_embedding=True` is the older,
+  slower DeepSets variant of the same idea.
+What a position-free model gives up, for every image scrambled or not: the absolute position prior
+(sky at the top, road at the bottom), and any smoothing across neighbouring patches; order-free
+embeddings also give up the layout of pixels inside a (sub-)block. docs/training.md says what each
+costs in mIoU.
 """
 
 from __future__ import annotations
@@ -55,7 +59,7 @@ class SETRConfig:
     """Everything needed to rebuild a SETR model; stored as JSON beside every checkpoint."""
 
     encoder: str = "vit-large"  # one of VIT_PRESETS
-    decoder: str = "pup"  # "naive" | "pup" | "mla" | "token" (key-invariant)
+    decoder: str = "pup"  # "naive" | "pup" | "mla" | "token" / "mask" (key-invariant)
     num_classes: int = 19
     img_size: tuple[int, int] = (768, 768)  # (H, W) of the stored position-embedding grid
     patch_size: int = 16
