@@ -300,11 +300,22 @@ def run_experiment(budget_name: str, out: Path, data: Path | None, results_md: P
     return ordered
 
 
+def _scheme_descriptors(rec: dict, first: str) -> list[dict]:
+    """The schemes a frontier run was scored on (its default first), as descriptors with their block size."""
+    from encseg.cipher import Scheme
+    from encseg.models import SETRConfig
+
+    block = SETRConfig.from_dict(rec["config"]["model"]).block
+    names = [first] + [x["scheme"] for x in rec["results"] if x["scheme"] and x["scheme"] != first]
+    return [Scheme.parse(n.partition("/")[0], block_size=block).to_dict() for n in names]
+
+
 def _frontier_report(budget: Budget, records: list[dict], data_root: Path, results_md: Path, chart: Path,
                      demo_out: Path | None, total_s: float, trained: dict | None, privacy: Path) -> None:  # fmt: skip
     import torch
 
     from encseg.engine.frontier import write_frontier_report
+    from encseg.models import SETRConfig
 
     wall = (f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores visible, torch {torch.__version__}, "
             f"{budget.parallel} runs at a time with {budget.threads} thread each; this invocation {total_s / 60:.1f} min"
@@ -323,7 +334,8 @@ def _frontier_report(budget: Budget, records: list[dict], data_root: Path, resul
         Path(rec["config"]["run"]["out"]) / "model.safetensors", Path(demo_out), name=f"streets-{rec['name']}",
         scheme=default["scheme"], scene_size=budget.size, val_miou=miou,
         command=f"encseg experiment --budget {budget.name} --demo-out {demo_out}", data_root=data_root,
-        run=rec["name"], plain_val_miou=plain,
+        run=rec["name"], plain_val_miou=plain, schemes=_scheme_descriptors(rec, default["scheme"]),
+        invariances=list(SETRConfig.from_dict(rec["config"]["model"]).invariances),
         data={"generator_seed": budget.data_seed, "train": budget.n_train, "val": budget.n_val},
     )  # fmt: skip
     write_frontier_report(budget, records, data_root, results_md, chart, privacy, wall, demo_model_lines(demo_out))

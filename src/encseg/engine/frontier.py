@@ -193,9 +193,13 @@ def draw_frontier(rows: list[dict], plain: float | None, path: Path) -> None:
         dr.text((left + pw - 4, Y(plain) - 4), f"plain SETR {plain:.1f}", fill=(200, 40, 40), font=small, anchor="rb")
         dr.line([(left, Y(0.8 * plain)), (left + pw, Y(0.8 * plain))], fill=(240, 170, 170))
         dr.text((left + pw - 4, Y(0.8 * plain) - 4), "0.8 x plain (goal)", fill=(200, 90, 90), font=small, anchor="rb")
+    missing = [r["scheme"] for r in pts if r.get("leakage") is None]
+    if missing:
+        dr.text((left + 8, top + 4), "not shown (no attack figures): " + ", ".join(missing), fill=(90, 90, 90), font=small)
     for r in pts:
-        x = X(r["leakage"]) if r.get("leakage") is not None else left + 6
-        y = Y(r["miou"])
+        if r.get("leakage") is None:
+            continue
+        x, y = X(r["leakage"]), Y(r["miou"])
         colour = {True: (40, 150, 60), False: (200, 60, 40), None: (120, 120, 120)}[r["passes"]]
         dr.ellipse([x - 6, y - 6, x + 6, y + 6], fill=colour, outline="black")
         dr.text((x + 9, y), f"{r['scheme']} ({r['miou']:.1f})", fill="black", font=small, anchor="lm")
