@@ -33,7 +33,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from encseg import __version__
-from encseg.cipher import PRESETS
+from encseg.cipher import DEFAULT_SCHEME, PRESETS
 from encseg.cipher.scheme import FORMAT_VERSIONS, STEP_NAMES
 from encseg.cipher.io import encode_png, metadata_text
 from encseg.errors import UserError
@@ -87,6 +87,7 @@ class ModelDescription(BaseModel):
     patch_size: int
     key_mode: str | None  # how its training images were keyed: per-image (the point), shared, none
     config: dict[str, Any]
+    trained_on: dict[str, Any] = {}  # benchmark, val_miou_per_image_keys, ... as the checkpoint records them
 
 
 class Info(BaseModel):
@@ -98,7 +99,9 @@ class Info(BaseModel):
     block_size: int
     schemes: list[dict[str, Any]]
     scheme_names: list[str]
+    default_scheme: str  # what a client offers first: the library default if trained for, else the first trained
     presets: dict[str, str]
+    transports: list[str]  # how an encrypted image may travel: png, jpeg (encryption-format section 10)
     limits: dict[str, int]
     batching: dict[str, Any]
     queue: dict[str, Any]
@@ -647,13 +650,15 @@ def create_app(segmenter: Segmenter, config: ServiceConfig = ServiceConfig()) ->
             service="encseg",
             format_version=1,
             model=ModelDescription(name=info.name, num_classes=info.num_classes, patch_size=info.patch_size,
-                                   key_mode=info.key_mode, config=info.config),
+                                   key_mode=info.key_mode, config=info.config, trained_on=info.trained_on),
             classes=info.class_names,
             palette=info.palette,
             block_size=info.block_size,
             schemes=[s.to_dict() for s in info.schemes],
             scheme_names=[s.name for s in info.schemes],
+            default_scheme=_default_scheme([s.name for s in info.schemes]),
             presets=PRESETS,
+            transports=["png", "jpeg"],
             limits={"max_body_bytes": limits.max_body_bytes, "max_pixels": limits.max_pixels,
                     "max_side": limits.max_side, "max_topk": limits.max_topk, "max_chunks": limits.max_chunks,
                     "max_ancillary_bytes": limits.max_ancillary_bytes, "max_text_bytes": limits.max_text_bytes,
@@ -737,6 +742,11 @@ def _answer(checked: Checked, pred: Prediction, num_classes: int, trained: bool)
         ),
     )
     return JSONResponse(body.model_dump(), headers=headers)
+
+
+def _default_scheme(trained: list[str]) -> str:
+    """The scheme a client offers first: the library default when the model was trained for it."""
+    return DEFAULT_SCHEME if DEFAULT_SCHEME in trained or not trained else trained[0]
 
 
 def _offline_docs_assets() -> Path | None:
