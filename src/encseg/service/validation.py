@@ -2,8 +2,8 @@
 
 - Images: each accepted format is an `ImageFormat`: a header reader that walks the whole file and
   returns an `ImageHeader` (size, mode, text metadata) without decoding pixels, and a decoder that
-  runs only on a header that passed. PNG is the one format today; a second one (JPEG) slots into
-  `FORMATS` with its own pair of functions. The PNG walk checks every chunk (exactly one IHDR, first;
+  runs only on a header that passed: PNG, and JPEG (the transport of docs/encryption-format.md
+  section 10, walked by `encseg.cipher.jpeg`: baseline 4:4:4 only). The PNG walk checks every chunk (exactly one IHDR, first;
   chunk order per the PNG spec; CRCs; counts and sizes) and inflates the image data with a bound,
   so a decompression bomb -- a huge IHDR, a second IHDR, trailing data -- is refused before the
   decoder sees it, and the decoder is handed a canonical IHDR + IDAT + IEND file only.
