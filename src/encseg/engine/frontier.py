@@ -38,7 +38,7 @@ def _pi(*schemes: str) -> tuple[tuple[str, str | None], ...]:
 
 
 ALL_SCHEMES = ("np-cs", "ps4-np-cs", "psb4-np-cs", "bs-np-cs", "bs-ps4-np-cs", "bs-psb4-np-cs", "bs-ps-np-cs",
-               "bs-psb-np-cs")  # fmt: skip  (a "/32" suffix would name 32-px cipher blocks over 16-px patches)
+               "bs-psb-np-cs", "bs-np-cs/32")  # fmt: skip  ("/32": 32-px cipher blocks over 16-px patches)
 
 
 def split_scheme(s: str) -> tuple[str, int | None]:
@@ -47,7 +47,7 @@ def split_scheme(s: str) -> tuple[str, int | None]:
     return name, int(block) if block else None
 
 CANDIDATES = (
-    Candidate("setr-plain", "SETR (plain)", "none", None, (("none", None),) + _pi(*ALL_SCHEMES)),
+    Candidate("setr-plain", "SETR (plain)", "none", None, (("none", None),) + _pi(*ALL_SCHEMES[:-1])),
     Candidate("canon-pup-np-cs", "SETR-PUP + canonical blocks", "per-image", "np-cs", _pi("np-cs"),
               {"canonical": True}),
     Candidate("sorted4-pos-ps4-np-cs", "sorted 4x4 + canonical, positions", "per-image", "ps4-np-cs",
@@ -58,6 +58,8 @@ CANDIDATES = (
               _pi("bs-ps4-np-cs", "bs-psb4-np-cs"), INVARIANT | {"pixel_group": 4}),
     Candidate("sorted16-bs-ps-np-cs", "key-invariant sorted + canonical", "per-image", "bs-ps-np-cs",
               _pi("bs-ps-np-cs", "bs-psb-np-cs"), INVARIANT | {"pixel_group": 16}),
+    Candidate("inv32-bs-np-cs", "key-invariant token + canonical, 32-px blocks", "per-image", "bs-np-cs/32",
+              _pi("bs-np-cs/32"), INVARIANT | {"cipher_block": 32, "block_position": True}, 1.25),
 )  # fmt: skip
 
 
