@@ -25,11 +25,11 @@ import pytest
 import torch
 from PIL import Image
 
-from _service_support import chunk, scene, serve, stand_in_segmenter
+from _service_support import ServerThread, chunk, scene, serve, stand_in_segmenter
 from encseg.cipher import Key, Scheme
 from encseg.cipher.io import read_image
 from encseg.errors import UserError
-from encseg.service.app import ServiceConfig
+from encseg.service.app import ServiceConfig, create_app
 from encseg.service.client import HttpBackend, segment_image
 from encseg.service.segmenter import Segmenter
 from encseg.service.validation import Limits
@@ -135,10 +135,35 @@ def node_runner():
     return run
 
 
+class RecordBodies:
+    """ASGI wrapper: keeps every POST /v1/segment body the server received (what left the page)."""
+
+    def __init__(self, app) -> None:
+        self.app, self.bodies = app, []
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope.get("path") != "/v1/segment":
+            return await self.app(scope, receive, send)
+        parts: list[bytes] = []
+
+        async def recording():
+            msg = await receive()
+            if msg["type"] == "http.request":
+                parts.append(msg.get("body", b""))
+            return msg
+
+        try:
+            await self.app(scope, recording, send)
+        finally:
+            self.bodies.append(b"".join(parts))
+
+
 @pytest.fixture(scope="module")
 def server():
     torch.set_num_threads(1)
-    with serve(stand_in_segmenter(schemes=("bs-ps-np-cs",))) as srv:
+    app = RecordBodies(create_app(stand_in_segmenter(schemes=("bs-ps-np-cs",))))
+    with ServerThread(app) as srv:
+        srv.bodies = app.bodies
         yield srv
 
 
@@ -197,6 +222,7 @@ def page(node_runner, server, tight_server, slow_server, corpus, tmp_path_factor
         "files": {"url": server.url, "files": [str(folder / "reading" / n) for n in expected]},
         "limits": {"url": tight_server.url, "tooWide": str(folder / "wide.png"), "tooHeavy": str(folder / "noise.png")},
         "csp": {"url": server.url, "other": other},
+        "jpeg": {"url": server.url, "image": str(folder / "big.png")},
     }
     only = os.environ.get("ENCSEG_BROWSER_ONLY")  # e.g. "e2e,csp" while working on one scenario
     if only:
@@ -216,6 +242,15 @@ def result(page: dict, name: str) -> dict:
 
 def dones(snap: dict) -> int:
     return sum(1 for s in snap["states"] if s["state"] == "done")
+
+
+def _png_pixels(body: bytes) -> bytes:
+    """The RGB bytes of the PNG inside a multipart body (b"" if it holds none)."""
+    start = body.find(b"\x89PNG")
+    end = body.find(b"IEND", start)
+    if start < 0 or end < 0:
+        return b""
+    return np.asarray(Image.open(io.BytesIO(body[start:end + 8])).convert("RGB")).tobytes()
 
 
 # -- the cipher and the round trip ---------------------------------------------------------------------
@@ -239,6 +274,7 @@ def test_page_cipher_reproduces_every_test_vector_byte_for_byte(node_runner, ser
 @needs_browser
 def test_page_end_to_end_matches_the_python_client_for_the_same_key(page, server, corpus):
     out = result(page, "e2e")
+    bodies = list(server.bodies)  # what the server received from the page (before the Python client adds its own)
     assert out["state"] == "done", f"{out['status']} / console: {out['console']}"
     res = out["result"]
     assert (res["height"], res["width"]) == (70, 100)
@@ -255,11 +291,16 @@ def test_page_end_to_end_matches_the_python_client_for_the_same_key(page, server
     assert len(out["legend"]) >= 1
     assert "encrypted image" in out["status"] and "no key" in out["status"]
 
-    # the key never left the page: no URL or body of any request it made contains it
+    # the key never left the page: no URL the page asked for, and no body the server received, holds it
+    # (in hex, either case, or as its 32 raw bytes)
     segs = [r for r in out["requests"] if r["url"].endswith("/v1/segment")]
     assert len(segs) == 1 and segs[0]["method"] == "POST"
-    assert all(res["key"] not in r["url"] + r["body"] and res["key"].upper() not in r["body"] for r in out["requests"])
+    assert all(res["key"].lower() not in r["url"].lower() for r in out["requests"])
     assert all(r["url"].startswith(server.url) for r in out["requests"])
+    ours = [b for b in bodies if _png_pixels(b) == bytes.fromhex(res["encrypted"])]
+    assert len(ours) == 1  # the server received this image's ciphertext, once
+    raw = bytes.fromhex(res["key"])
+    assert all(raw not in b and res["key"].encode() not in b.lower() for b in bodies)
     assert not [c for c in out["console"] if c.startswith(("error", "pageerror"))], out["console"]
 
 
@@ -474,6 +515,48 @@ def test_csp_blocks_other_origins_and_inline_script(page):
     if on["header"] is not None:  # the service's header (issue 13) must say the same, plus frame-ancestors
         header = {d.strip() for d in on["header"].split(";") if d.strip()}
         assert {d.strip() for d in CSP.split(";")} <= header
+
+
+# -- JPEG transport (encryption-format section 10) -----------------------------------------------------
+
+def _jpeg_part(raw: bytes) -> bytes:
+    start = raw.index(b"\xff\xd8\xff")
+    return raw[start:raw.index(b"\xff\xd9\r\n--", start) + 2]  # FF D9 never occurs inside entropy-coded data
+
+
+@needs_browser
+def test_page_sends_a_conforming_jpeg_ciphertext_and_its_mask_decrypts_exactly(page, server):
+    import httpx
+
+    from encseg.cipher import decrypt_mask
+    from encseg.cipher.io import decode_label_png
+    from encseg.cipher.jpeg import read_jpeg_header
+
+    out = result(page, "jpeg")
+    assert out["available"], "the server names jpeg in /v1/info transports, so the page must offer it"
+    png_run, jpeg_run = out["png"], out["jpeg"]
+    assert png_run["state"] == jpeg_run["state"] == "done", (png_run["status"], jpeg_run["status"])
+    assert "(as JPEG)" in jpeg_run["status"] and jpeg_run["result"]["transport"] == "jpeg"
+    assert "4:4:4" in out["note"]
+    size_tag = b'"original_size":[384,512]'
+    jpegs = [b for b in server.bodies if b"\xff\xd8\xff" in b]
+    pngs = [b for b in server.bodies if b"\x89PNG" in b and size_tag in b]
+    assert len(jpegs) == 1 and pngs
+    jpg = _jpeg_part(jpegs[0])
+    assert len(jpegs[0]) * 2 < min(map(len, pngs))  # a smaller upload: under half the PNG body here
+    # the page's file passes the service's own marker walk (SOF0, 4:4:4, JFIF/COM only) ...
+    header = read_jpeg_header(jpg, max_pixels=2048 * 2048)
+    assert (header.height, header.width) == (384, 512)
+    meta = json.loads(header.encseg_text)
+    res = jpeg_run["result"]
+    assert meta == {"version": 1, "scheme": res["scheme"], "original_size": [384, 512]}
+    # ... and the label map the server gives for exactly these bytes decrypts, with the page's key, to the page's mask
+    r = httpx.post(f"{server.url}/v1/segment", files={"image": ("c.jpg", jpg, "image/jpeg")},
+                   data={"scheme": json.dumps(res["scheme"])}, timeout=60)
+    assert r.status_code == 200, r.text
+    labels = decode_label_png(r.content)
+    mask = decrypt_mask(labels, Key.from_hex(res["key"]), Scheme.from_dict(res["scheme"]), (384, 512))
+    assert np.array_equal(np.asarray(mask), np.frombuffer(bytes.fromhex(res["mask"]), np.uint8).reshape(384, 512))
 
 
 @needs_browser

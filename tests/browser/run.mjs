@@ -2,7 +2,7 @@
 //   node run.mjs vectors URL VECTOR_DIR        -> JSON report of every vector, checked in the page
 //   node run.mjs scenarios SPEC.json           -> JSON {name: result} of the page scenarios in SPEC
 //   node run.mjs docs URL                      -> JSON {ops, external} of the Swagger UI at /docs
-//   node run.mjs bench URL [REPEATS]           -> JSON timings of the page's cipher on 1024x2048
+//   node run.mjs bench URL [REPEATS] [SCHEMES] -> JSON timings of the page's cipher on 1024x2048
 // The page is loaded from a test server (http://127.0.0.1 is a secure context, so WebCrypto works).
 // Every scenario runs in a fresh browser context; one chromium serves them all (fast on 2 cores).
 import { chromium } from "playwright-core";
@@ -371,6 +371,24 @@ const scenarios = {
     return out;
   },
 
+  /** The JPEG transport: the same image as PNG, then as JPEG; the bodies go back to the test. */
+  async jpeg({ url, image }) {
+    const { page, log, context } = await openPage(url);
+    const out = { available: !(await page.locator("#transport-box").isHidden()) };
+    if (out.available) {
+      await page.setInputFiles("#file", image);
+      await waitState(page, ["done", "error"]);
+      out.png = await snapshot(page);
+      await page.selectOption("#transport", "jpeg"); // a new transport runs the image again
+      await page.waitForFunction(() => document.body.dataset.runs === "2" && ["done", "error"].includes(document.body.dataset.state), null, { timeout: 60000 });
+      out.jpeg = await snapshot(page);
+      out.note = await page.textContent("#transport-note");
+      out.requests = segments(log).length; // (their bodies: the test reads them on the server's side)
+    }
+    await context.close();
+    return out;
+  },
+
   /** Images over the server's limits: a clear message, nothing sent, and a downscale that works. */
   async limits({ url, tooWide, tooHeavy }) {
     const out = {};
@@ -433,11 +451,12 @@ const scenarios = {
   },
 };
 
-async function bench(url, repeats) {
+async function bench(url, repeats, schemes) {
   const { page, context } = await openPage(url);
-  const r = await page.evaluate(async (repeats) => {
+  const r = await page.evaluate(async ([repeats, schemes]) => {
     const c = await import("/static/js/cipher.js");
     const png = await import("/static/js/png.js");
+    const jpeg = await import("/static/js/jpeg.js");
     const H = 1024, W = 2048;
     const img = { width: W, height: H, data: new Uint8Array(H * W * 3) };
     for (let o = 0; o < img.data.length; o += 65536) crypto.getRandomValues(img.data.subarray(o, Math.min(o + 65536, img.data.length)));
@@ -448,9 +467,9 @@ async function bench(url, repeats) {
     const copies = [];
     for (let i = 0; i < repeats; i++) copies.push(await time(async () => img.data.slice()));
     out.copy_ms = median(copies);
-    for (const name of ["bs-np-cs", "bs-ps-np-cs"]) {
+    for (const name of schemes) {
       const scheme = c.parseScheme(name);
-      const t = { encrypt: [], decrypt: [], decrypt_mask: [], png_encode: [] };
+      const t = { encrypt: [], decrypt: [], decrypt_mask: [], png_encode: [], jpeg_encode: [] };
       for (let i = 0; i < repeats; i++) {
         const key = c.generateKey();
         let enc;
@@ -458,11 +477,12 @@ async function bench(url, repeats) {
         t.decrypt.push(await time(async () => { await c.decrypt(enc, key); }));
         t.decrypt_mask.push(await time(async () => { await c.decryptMask(labels, key, scheme, [H, W]); }));
         t.png_encode.push(await time(async () => { await png.encodePNG(enc.data, W, H, 3); }));
+        if (i < 2) t.jpeg_encode.push(await time(async () => { await jpeg.encodeCiphertext(enc.data, W, H, { version: 1 }); }));
       }
       out.schemes[name] = Object.fromEntries(Object.entries(t).map(([k, v]) => [k, median(v)]));
     }
     return out;
-  }, repeats);
+  }, [repeats, schemes]);
   await context.close();
   return r;
 }
@@ -527,7 +547,7 @@ try {
     await context.close();
     console.log(JSON.stringify({ ops, external: sent.filter((u) => !u.startsWith(url)) }));
   } else if (mode === "bench") {
-    console.log(JSON.stringify(await bench(args[0], Number(args[1] || 5))));
+    console.log(JSON.stringify(await bench(args[0], Number(args[1] || 5), (args[2] || "bs-np-cs,bs-ps-np-cs").split(","))));
   } else {
     throw new Error(`unknown mode ${mode}`);
   }

@@ -245,7 +245,9 @@ async function segmentRun(run, item) {
   try {
     const scheme = selectedScheme();
     const plain = scheme.steps.length === 0;
-    const transport = $("transport-box").hidden ? "png" : $("transport").value;
+    const wantJpeg = !$("transport-box").hidden && $("transport").value === "jpeg";
+    const jpegProblem = wantJpeg ? jpeg.blockSizeProblem(scheme.block_size) : null;
+    const transport = wantJpeg && !jpegProblem ? "jpeg" : "png";
     const problem = limitProblem(img, scheme.block_size);
     if (problem) return offerDownscale(run, item, problem, 1);
     if (plain) {
@@ -267,7 +269,8 @@ async function segmentRun(run, item) {
     const limit = info.limits.max_body_bytes;
     if (limit && upload.size + MULTIPART_SLACK > limit) {
       const scale = Math.sqrt((limit - MULTIPART_SLACK) / upload.size) * 0.95;
-      return offerDownscale(run, item, `the ${plain ? "" : "encrypted "}image is ${kb(upload.size)} as ${transport.toUpperCase()}, over the server's upload limit of ${kb(limit)}`, scale);
+      const orJpeg = transport === "png" && !$("transport-box").hidden ? " (or choose “Upload as: JPEG”, several times smaller)" : "";
+      return offerDownscale(run, item, `the ${plain ? "" : "encrypted "}image is ${kb(upload.size)} as ${transport.toUpperCase()}, over the server's upload limit of ${kb(limit)}${orJpeg}`, scale);
     }
 
     stage(run, "upload", "active");
@@ -303,7 +306,7 @@ async function segmentRun(run, item) {
     stage(run, "draw", "active");
     const header = resp.headers["x-encseg-trained-for-scheme"];
     const trained = header === null ? isTrained(scheme) : header === "true";
-    const result = { id: run.id, name, img, enc, labels, mask, key, scheme: enc.scheme, plain, trained, transport, sourceSize: item.sourceSize };
+    const result = { id: run.id, name, img, enc, labels, mask, key, scheme: enc.scheme, plain, trained, transport, jpegProblem, sourceSize: item.sourceSize };
     const downloads = await buildDownloads(result);
     live(run);
     show(result, downloads); // synchronous from here: nothing can interleave
@@ -343,6 +346,7 @@ function doneMessage(r, ms) {
   const parts = [`Done in ${Math.round(ms)} ms: ${r.name}, scheme ${cipher.schemeName(r.scheme)}.`];
   if (r.plain) parts.push("The server received your image UNENCRYPTED (scheme plain): it saw the image itself.");
   else parts.push(`The server received only the encrypted image${r.transport === "jpeg" ? " (as JPEG)" : ""} shown in the second panel, and no key.`);
+  if (r.jpegProblem) parts.push(`Sent as PNG: ${r.jpegProblem}.`);
   if (!r.trained) parts.push(`Warning: the model was not trained for ${cipher.schemeName(r.scheme)}, so expect a poor segmentation.`);
   const [h0, w0] = r.sourceSize;
   if (h0 !== r.img.height || w0 !== r.img.width) parts.push(`The image was downscaled from ${w0}x${h0} to ${r.img.width}x${r.img.height}.`);
@@ -604,16 +608,16 @@ function schemeNote() {
 function setUpTransport() {
   const why = jpeg.unavailable(info);
   $("transport-box").hidden = Boolean(why);
-  $("transport-note").hidden = true;
-  if (!why) {
-    $("transport").addEventListener("change", () => {
-      const p = selectedScheme().block_size;
-      const j = $("transport").value === "jpeg";
-      $("transport-note").hidden = !j;
-      $("transport-note").textContent = j ? (p % 8 ? `JPEG needs a block size that is a multiple of 8 (this scheme's is ${p}); PNG is used.`
-        : `JPEG (quality ${jpeg.DEFAULT_QUALITY}, 4:4:4): a smaller upload; the label map still decrypts exactly, but the server's copy of the encrypted image is lossy.`) : "";
-    });
-  }
+  const note = () => {
+    const j = $("transport").value === "jpeg";
+    const problem = j ? jpeg.blockSizeProblem(selectedScheme().block_size) : null;
+    $("transport-note").hidden = !j;
+    $("transport-note").textContent = !j ? "" : problem ? `${problem}: PNG is used.`
+      : `JPEG (quality ${jpeg.DEFAULT_QUALITY}, 4:4:4, no chroma subsampling): a smaller upload, and the label map still ` +
+        "decrypts exactly; the server's copy of the encrypted image is lossy, and a model trained on PNG ciphertexts may score a little lower.";
+  };
+  $("transport").addEventListener("change", () => { note(); rerun(); });
+  $("scheme").addEventListener("change", note);
 }
 
 // -- for tests -------------------------------------------------------------------------------------
