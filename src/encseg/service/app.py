@@ -70,6 +70,7 @@ log = logging.getLogger("encseg.service")
 
 FIELDS = ("image", "scheme", "block_size", "original_size", "topk", "format")
 MAX_PARTS = 8
+MAX_HEADER_BYTES = 16 * 1024  # all request headers together (uvicorn bounds only headers that arrive in pieces)
 # The /docs page (Swagger UI) builds its styles at run time; everything else keeps the strict policy.
 DOCS_CSP = (b"default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' blob: data:; "
             b"connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'")
@@ -205,6 +206,7 @@ def _errors(*codes: int) -> dict[int, dict]:
         400: "malformed request or image, or a request that carries a key or key-like value",
         408: "the request body did not arrive in time",
         413: "body, image (pixels or side) or a chunk over the limit",
+        431: "the request headers are over 16 KiB",
         415: "not a PNG or JPEG, not 8-bit RGB / opaque RGBA, a progressive or subsampled JPEG, or an unsupported content type",
         422: "unknown scheme, a field out of range, or sizes that do not fit the block size",
         503: "the service is full (queue, requests in flight or connections); retry after Retry-After seconds",
@@ -313,7 +315,10 @@ class GuardMiddleware:
             if scope.get("method") in ("GET", "HEAD") and not length:
                 rec["body_done"] = True
             why = _client_headers_refusal(scope)
-            if why is not None:
+            header_bytes = sum(len(k) + len(v) + 4 for k, v in scope.get("headers", []))
+            if header_bytes > MAX_HEADER_BYTES:
+                await refuse(431, f"the request headers are over the limit of {MAX_HEADER_BYTES} bytes")
+            elif why is not None:
                 state.setdefault("log", {})["error"] = "key material in headers or query"
                 await refuse(400, why)
             elif length == -1:
@@ -637,12 +642,12 @@ def create_app(segmenter: Segmenter, config: ServiceConfig = ServiceConfig()) ->
         log.exception("internal error in %s %s", request.method, clean_text(request.url.path, 120))
         return JSONResponse({"detail": "internal error (logged on the server)"}, status_code=500)
 
-    @app.get("/healthz", tags=["service"], response_model=Health, responses=_errors(400))
+    @app.get("/healthz", tags=["service"], response_model=Health, responses=_errors(400, 431))
     async def healthz() -> Health:
         """Liveness: the process serves and the model is loaded."""
         return Health(status="ok")
 
-    @app.get("/v1/info", response_model=Info, tags=["service"], responses=_errors(400))
+    @app.get("/v1/info", response_model=Info, tags=["service"], responses=_errors(400, 431))
     async def get_info() -> Info:
         """The model, its classes and palette, the block size, the schemes it was trained for, and the
         service's limits, queue and timeouts."""
@@ -684,7 +689,7 @@ def create_app(segmenter: Segmenter, config: ServiceConfig = ServiceConfig()) ->
                   "headers": {"X-Encseg-Scheme": {"schema": {"type": "string"}},
                               "X-Encseg-Trained-For-Scheme": {"schema": {"type": "string", "enum": ["true", "false"]}},
                               "X-Encseg-Classes": {"schema": {"type": "integer"}}}},
-            **_errors(400, 408, 413, 415, 422, 503),
+            **_errors(400, 408, 413, 415, 422, 431, 503),
         },
     )
     async def segment(request: Request) -> Response:

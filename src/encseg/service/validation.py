@@ -87,8 +87,13 @@ def clean_text(text: object, limit: int = MAX_MESSAGE) -> str:
 
 
 def looks_like_key(value: str) -> bool:
-    """A key's text form (64 hex), any run of 32+ hex digits, or 32 bytes in base64."""
-    return bool(_HEX_RUN.search(value) or _B64_KEY.match(value.strip()))
+    """A key's text form (64 hex), any run of 32+ hex digits with letters and digits in it (a long
+    decimal number is not a key), or 32 bytes in base64."""
+    for m in _HEX_RUN.finditer(value):
+        run = m.group()
+        if any(c.isdigit() for c in run) and any(c.isalpha() for c in run):
+            return True
+    return bool(_B64_KEY.match(value.strip()))
 
 
 _KEY_WORDS = ("key", "secret", "passw", "token", "auth")
