@@ -171,7 +171,10 @@ def server():
 def tight_server():
     """Small limits, so images over them are cheap to make: 256 px a side, 64 Ki pixels, 120 kB bodies."""
     limits = Limits(max_body_bytes=120_000, max_pixels=256 * 256, max_side=256)
-    with serve(stand_in_segmenter(schemes=("bs-np-cs",)), ServiceConfig(limits=limits)) as srv:
+    seg = stand_in_segmenter(schemes=("bs-ps-np-cs", "bs-np-cs"))  # default_scheme: bs-np-cs, the second
+    seg.info.trained_on = {"benchmark": "encseg procedural streets (not Cityscapes)", "val_miou_per_image_keys": 12.5,
+                           "generator_version": 5, "scene_size": [128, 256]}
+    with serve(seg, ServiceConfig(limits=limits)) as srv:
         yield srv
 
 
@@ -479,6 +482,15 @@ def test_page_states_what_the_model_is(page):
     model = result(page, "e2e")["model"]
     assert "stand-in-1x1" in model and "bs-ps-np-cs" in model
     assert "do not assume it is a Cityscapes model" in model  # the stand-in records no training data
+    recorded = result(page, "limits")["side"]["refused"]["model"]  # a server whose model records its data and score
+    assert "procedural streets" in recorded and "not Cityscapes photographs" in recorded
+    assert "with a fresh key per test image, is 12.5%" in recorded and "generator v5, 128x256 scenes" in recorded
+
+
+@needs_browser
+def test_page_preselects_the_servers_default_scheme(page):
+    # trained for bs-ps-np-cs and bs-np-cs, the server names bs-np-cs: the page follows it, not the list order
+    assert result(page, "limits")["side"]["refused"]["selectedScheme"] == "bs-np-cs (trained for)"
 
 
 @needs_browser

@@ -80,6 +80,7 @@ async function snapshot(page) {
       schemeNote: $("scheme-note").textContent,
       encryptedCaption: $("encrypted-caption").textContent,
       model: $("model-statement").textContent,
+      selectedScheme: $("scheme").options[$("scheme").selectedIndex]?.textContent ?? null,
     };
   });
 }

@@ -438,7 +438,8 @@ function showLegend(counts, total) {
     sw.setAttribute("aria-hidden", "true");
     sw.style.backgroundColor = `rgb(${info.palette[i].join(",")})`;
     const present = counts && counts[i];
-    li.append(sw, present ? `${name} ${(100 * counts[i] / total).toFixed(1)}%` : name);
+    const pct = present ? 100 * counts[i] / total : 0;
+    li.append(sw, present ? `${name} ${pct < 0.05 ? "<0.1" : pct.toFixed(1)}%` : name);
     if (present) li.classList.add("present");
     else if (counts) li.setAttribute("aria-label", `${name}: not found`);
     return li;
