@@ -8,7 +8,8 @@ Prints, per phase: honest requests, honest errors (goal 0), p50/p99 latency; the
 baseline (goal <= 2x); what the attackers sent and got (never a 5xx other than 503 when full); how
 many slow connections the server cut off; and the server's RSS at start, peak and end.
 
-Attackers (each a closed loop, as fast as the server answers):
+Attackers run in a process of their own (their client-side work must not delay the honest clients'
+event loop), each a closed loop, as fast as the server answers:
 - hostile: a corpus of bad requests -- decompression bombs (a second IHDR, image data larger than
   its header), 5000-digit numbers and deep JSON in the encseg chunk, key material (fields,
   headers, query, text chunks), garbage bodies, bodies over the limit, lying Content-Lengths;
@@ -116,7 +117,6 @@ def hostile_corpus(valid: bytes) -> list[dict]:
         {"content": b"[" * 200000, "headers": {"content-type": "application/json"}},
         {"content": json.dumps({"image": "x", "scheme": {f"f{i}": 1 for i in range(20000)}}), "headers": {"content-type": "application/json"}},
         raw(os.urandom(20000)),
-        raw(b"\x00" * (33 * 2**20)),  # over the body limit: refused by Content-Length
         {"content": b"GIF89a" + b"\x00" * 100, "headers": {"content-type": "image/gif"}},
     ]
 
@@ -161,7 +161,8 @@ async def slow_client(port: int, stop: float, seen: Counter, rng: random.Random)
             continue
         seen["opened"] += 1
         stall_body = rng.random() < 0.3
-        data = (b"POST /v1/segment HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 100000\r\n\r\n\x89PNG"
+        length = 100000 if rng.random() < 0.5 else 33 * 2**20  # a stalled body, or one over the limit
+        data = (b"POST /v1/segment HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: %d\r\n\r\n\x89PNG" % length
                 if stall_body else b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"X-Slow: " + b"a" * 10000)
         try:
             if stall_body:
@@ -180,7 +181,9 @@ async def slow_client(port: int, stop: float, seen: Counter, rng: random.Random)
                     except asyncio.TimeoutError:
                         continue
                     break
-            if reply.startswith(b"HTTP/1.1 408") or reply == b"":
+            if reply.startswith(b"HTTP/1.1 413"):
+                seen["refused (413, over the limit)"] += 1
+            elif reply.startswith(b"HTTP/1.1 408") or reply == b"":
                 seen["cut off (408/closed)"] += 1
             elif reply.startswith(b"HTTP/1.1 503"):
                 seen["refused (503, connection cap)"] += 1
@@ -196,13 +199,26 @@ def percentile(xs: list[float], q: float) -> float:
     return float(np.percentile(xs, q)) if xs else float("nan")
 
 
-async def phase(url: str, port: int, pid: int, seconds: float, payloads: list[bytes], corpus: list[dict] | None,
-                honest: int, hostile: int, slow: int, max_requests: int) -> dict:
+def attackers(url: str, port: int, seconds: float, valid: bytes, hostile: int, slow: int, max_requests: int, out) -> None:
+    """The hostile and slow clients, in their own process (so their work never delays the honest
+    clients' event loop, only the server): puts (hostile statuses, slow outcomes) on `out`."""
+    corpus = hostile_corpus(valid)
+    seen_hostile: Counter = Counter()
+    seen_slow: Counter = Counter()
+
+    async def run():
+        stop = time.monotonic() + seconds
+        await asyncio.gather(*[hostile_client(url, corpus, stop, max_requests, seen_hostile, random.Random(i)) for i in range(hostile)],
+                             *[slow_client(port, stop + 0.5, seen_slow, random.Random(100 + i)) for i in range(slow)])
+
+    asyncio.run(run())
+    out.put((dict(seen_hostile), dict(seen_slow)))
+
+
+async def phase(url: str, pid: int, seconds: float, payloads: list[bytes], honest: int, max_requests: int) -> dict:
     stop = time.monotonic() + seconds
     lat: list[float] = []
     errors: Counter = Counter()
-    seen_hostile: Counter = Counter()
-    seen_slow: Counter = Counter()
     rss = [rss_kib(pid)]
 
     async def sample():
@@ -210,16 +226,11 @@ async def phase(url: str, port: int, pid: int, seconds: float, payloads: list[by
             rss.append(rss_kib(pid))
             await asyncio.sleep(0.5)
 
-    rng = random.Random(13)
-    tasks = [honest_client(url, payloads, stop, max_requests, lat, errors) for _ in range(honest)]
-    if corpus is not None:
-        tasks += [hostile_client(url, corpus, stop, max_requests, seen_hostile, random.Random(i)) for i in range(hostile)]
-        tasks += [slow_client(port, stop + 0.5, seen_slow, random.Random(100 + i)) for i in range(slow)]
-    await asyncio.gather(sample(), *tasks)
+    await asyncio.gather(sample(), *[honest_client(url, payloads, stop, max_requests, lat, errors) for _ in range(honest)])
     await asyncio.sleep(1.0)
     rss.append(rss_kib(pid))
     return {"requests": len(lat), "errors": dict(errors), "p50": percentile(lat, 50), "p99": percentile(lat, 99),
-            "hostile": dict(seen_hostile), "slow": dict(seen_slow), "rss_start": rss[0], "rss_peak": max(rss), "rss_end": rss[-1]}
+            "rss_start": rss[0], "rss_peak": max(rss), "rss_end": rss[-1]}
 
 
 def main() -> int:
@@ -236,7 +247,6 @@ def main() -> int:
     args = ap.parse_args()
     h, w = (int(v) for v in args.size.lower().split("x"))
     payloads = honest_payloads(8, (h, w), args.scheme)
-    corpus = hostile_corpus(payloads[0])
     port = free_port()
     url = f"http://{HOST}:{port}"
     cmd = [str(Path(sys.executable).parent / "encseg"), "serve", "--checkpoint", str(args.checkpoint), "--host", HOST,
@@ -256,9 +266,18 @@ def main() -> int:
                 raise SystemExit("the server did not start")
             time.sleep(0.2)
         httpx.post(url + "/v1/segment", content=payloads[0], headers={"content-type": "image/png"}, timeout=60)  # warm-up
-        base = asyncio.run(phase(url, port, proc.pid, args.seconds, payloads, None, args.honest, 0, 0, args.max_requests))
-        attack = asyncio.run(phase(url, port, proc.pid, args.seconds, payloads, corpus, args.honest, args.hostile,
-                                   args.slow, args.max_requests))
+        base = asyncio.run(phase(url, proc.pid, args.seconds, payloads, args.honest, args.max_requests))
+        import multiprocessing as mp
+
+        ctx = mp.get_context("spawn")
+        queue = ctx.Queue()
+        attack_proc = ctx.Process(target=attackers, args=(url, port, args.seconds, payloads[0], args.hostile, args.slow,
+                                                          args.max_requests, queue))
+        attack_proc.start()
+        time.sleep(2.0)  # the attackers are running before the honest clients start
+        attack = asyncio.run(phase(url, proc.pid, args.seconds - 2.0, payloads, args.honest, args.max_requests))
+        attack["hostile"], attack["slow"] = queue.get(timeout=args.seconds + 120)
+        attack_proc.join(timeout=30)
         alive = httpx.get(url + "/healthz", timeout=10).status_code
     finally:
         proc.terminate()

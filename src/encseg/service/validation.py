@@ -146,7 +146,12 @@ def _constant(text: str) -> Any:
     raise _BadJSON(f"{text} is not JSON")
 
 
+MAX_JSON_MEMBERS = 256  # per object: a request has 6 fields, a scheme descriptor 3, a step 2
+
+
 def _object(pairs: list[tuple[str, Any]]) -> dict:
+    if len(pairs) > MAX_JSON_MEMBERS:
+        raise _BadJSON(f"an object with more than {MAX_JSON_MEMBERS} members")
     d = dict(pairs)
     if len(d) != len(pairs):
         raise _BadJSON("a member name appears twice")
