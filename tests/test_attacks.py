@@ -1,4 +1,4 @@
-"""Attack suite: solver, metrics, statistics, learned inverse and the `encseg attack` command."""
+"""Attack suite: solver, metrics, statistics, PS leak, model probe, learned inverse, leakage and `encseg attack`."""
 
 from __future__ import annotations
 
@@ -12,11 +12,22 @@ import pytest
 import torch
 from PIL import Image
 
-from encseg.attacks import jigsaw, known_pair, metrics, stats
+from encseg.attacks import jigsaw, known_pair, leakage, metrics, probe, psleak, stats
+from encseg.attacks.assignment import linear_assignment
+from encseg.attacks.canonical import canonical_blocks, canonicalise
 from encseg.attacks.inverse import InverseConfig, UNet, invert, train_inverse
 from encseg.cipher import Key, Plan, Scheme, encrypt, make_plan
 from encseg.cipher.keystream import expand_group_permutation
 from encseg.cipher.transform import apply_plan_to_image
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_blas_thread():
+    """Small numpy products and eigen-decompositions run fastest on one OpenBLAS thread here."""
+    from encseg.attacks._blas import set_blas_threads
+
+    set_blas_threads(1)
+    yield
 
 
 def smooth_image(h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -40,6 +51,11 @@ def textured_image(h: int, w: int, seed: int = 0) -> np.ndarray:
         x = sum(q[i : i + h, j : j + w] for i in range(3) for j in range(3)) / 9
     x = (x - x.min()) / (x.max() - x.min()) * 255
     return x.round().astype(np.uint8)
+
+
+def mixed_image(h: int, w: int, seed: int = 0) -> np.ndarray:
+    """Smooth at the scale of blocks (the jigsaw solver's seams) with texture inside them (the PS leak)."""
+    return (0.7 * smooth_image(h, w, seed) + 0.3 * textured_image(h, w, seed)).round().astype(np.uint8)
 
 
 def fixed_key(i: int) -> Key:
@@ -276,6 +292,186 @@ def test_pixel_shuffle_adjacency_leaks_from_one_textured_ciphertext_but_not_from
     assert math.isnan(stats.pixel_adjacency_leak(smooth, 8, None))
 
 
+# -- canonical blocks and the assignment solver -------------------------------------------------------
+
+def test_canonical_blocks_are_the_same_for_all_12_np_cs_variants_ties_included():
+    rng = np.random.default_rng(0)
+    blocks = rng.integers(0, 256, (40, 4, 4, 3), dtype=np.uint8)
+    ties = np.zeros((4, 4, 4, 3), np.uint8)
+    ties[0] = 127
+    ties[0, :2] = 128  # mean exactly 127.5: NP cannot be undone by the mean
+    ties[1] = 10  # flat grey: every channel order is the same block
+    ties[2] = rng.integers(0, 256, (4, 4, 3))
+    ties[2, ..., 1] = ties[2, ..., 0][::-1]  # two channels with equal sums but different values
+    ties[3, :2], ties[3, 2:] = 0, 255
+    blocks = np.concatenate([blocks, ties])
+    ref = canonical_blocks(blocks)
+    for g in range(12):
+        assert np.array_equal(canonical_blocks(jigsaw.apply_transform(blocks, g)), ref), g
+    img = smooth_image(32, 48, 1)
+    assert not np.array_equal(canonicalise(img, 8), img)  # it does change blocks (negation, channel order)
+
+
+def test_linear_assignment_matches_brute_force():
+    rng = np.random.default_rng(1)
+    for trial in range(60):
+        n = int(rng.integers(1, 7))
+        c = rng.normal(size=(n, n)) if trial % 2 else rng.integers(0, 3, (n, n)).astype(float)  # ties too
+        best = min(sum(c[i, q[i]] for i in range(n)) for q in itertools.permutations(range(n)))
+        cols = linear_assignment(c)
+        assert sorted(cols.tolist()) == list(range(n))
+        assert c[np.arange(n), cols].sum() == pytest.approx(best)
+
+
+# -- the pixel-shuffle leak ----------------------------------------------------------------------------
+
+def test_ps_leak_recovers_the_full_permutation_of_a_smooth_image_up_to_the_square_symmetry():
+    scheme = Scheme.parse("bs-ps-np-cs", block_size=8)
+    key = fixed_key(20)
+    img = textured_image(96, 128, 3)
+    enc = encrypt(img, key, scheme).data
+    t = psleak.target_of(scheme)
+    est = psleak.estimate(enc, t)
+    truth = psleak.true_permutations(make_plan(key, scheme, 12, 16), t)
+    assert psleak.adjacency_recovered(est, truth, 8) == 1.0
+    assert psleak.exact_recovered(est, truth, 8) == 1.0
+    # a wrong layout scores low: the measure is not trivially 1
+    assert psleak.adjacency_recovered(np.random.default_rng(0).permutation(64), truth, 8) < 0.3
+
+
+def test_ps_leak_on_4x4_sub_blocks_recovers_the_exact_permutation_and_undoes_it():
+    scheme = Scheme.parse("bs-ps4-np-cs", block_size=8)
+    key = fixed_key(21)
+    img = textured_image(64, 96, 4)
+    enc = encrypt(img, key, scheme).data
+    t = psleak.target_of(scheme)
+    est = psleak.estimate(enc, t)  # the symmetry is resolved by the seams between sub-blocks
+    truth = psleak.true_permutations(make_plan(key, scheme, 8, 12), t)
+    assert np.array_equal(est, truth)
+    # undoing it leaves exactly the bs-np-cs ciphertext under the same key
+    assert np.array_equal(psleak.unshuffle(enc, t, est), encrypt(img, key, Scheme.parse("bs-np-cs", block_size=8)).data)
+
+
+def test_one_permutation_per_block_removes_the_pooled_statistic():
+    key = fixed_key(22)
+    img = textured_image(96, 128, 5)
+    for code in ("bs-ps-np-cs", "bs-psb-np-cs"):
+        scheme = Scheme.parse(code, block_size=8)
+        t = psleak.target_of(scheme)
+        enc = encrypt(img, key, scheme).data
+        truth = psleak.true_permutations(make_plan(key, scheme, 12, 16), t)
+        adj = psleak.adjacency_recovered(psleak.estimate(enc, t), truth, 8)  # psb: against every block's own
+        assert adj == 1.0 if code == "bs-ps-np-cs" else adj < 0.3
+
+
+@pytest.mark.parametrize("seed", [6, 7])
+def test_ps_leak_then_jigsaw_reassembles_a_bs_ps_np_cs_ciphertext(seed):
+    from encseg.attacks.suite import ps_leak_attack
+
+    scheme = Scheme.parse("bs-ps-np-cs", block_size=8)
+    key = fixed_key(23)
+    img = mixed_image(64, 96, seed)
+    enc = encrypt(img, key, scheme).data
+    out = ps_leak_attack(enc, scheme, img, make_plan(key, scheme, 8, 12))
+    assert out["adjacency"] == 1.0
+    assert out["neighbour"] == 1.0 and out["direct"] == 1.0
+    assert np.array_equal(out["recon"], img)
+
+
+# -- the model as attacker ------------------------------------------------------------------------------
+
+def _probe_data(rng, grid, images, informative, noise=0.3):
+    R, C = grid
+    n = R * C
+    code = np.concatenate([np.eye(R)[np.arange(n) // C], np.eye(C)[np.arange(n) % C]], 1)  # (n, R + C)
+    feats, srcs = [], []
+    for _ in range(images):
+        src = rng.permutation(n)  # encrypted block b came from src[b]
+        f = (code[src] if informative else code[rng.permutation(n)]) + noise * rng.normal(size=(n, R + C))
+        feats.append(np.concatenate([f, rng.normal(size=(n, 4))], 1))
+        srcs.append(src)
+    return np.stack(feats), np.stack(srcs)
+
+
+def test_position_probe_finds_positions_the_features_carry_and_stays_at_chance_when_they_do_not(one_thread):
+    rng = np.random.default_rng(0)
+    grid = (4, 8)
+    for informative in (True, False):
+        f, s = _probe_data(rng, grid, 30, informative)
+        ft, st = _probe_data(rng, grid, 10, informative)
+        pr = probe.train_probe(f.reshape(-1, f.shape[-1]), s.ravel(), grid, steps=200)
+        acc = probe.probe_accuracy(pr, ft.reshape(-1, ft.shape[-1]), st.ravel())
+        if informative:
+            assert acc["exact"] > 0.9
+            placed = probe.probe_placement(pr, ft[0])
+            assert metrics.direct_comparison(st[0][placed]) == 1.0
+        else:
+            assert acc["exact"] < 3 * acc["chance_exact"] and acc["row"] < 0.45 and acc["col"] < 0.25
+
+
+def test_learned_compatibility_drives_the_jigsaw_solver(one_thread):
+    rng = np.random.default_rng(1)
+    grid = (4, 6)
+    f, s = _probe_data(rng, grid, 30, True, noise=0.1)
+    compat = probe.train_compatibility(f, s, grid, steps=150, lr=0.05)
+    ft, st = _probe_data(rng, grid, 1, True, noise=0.1)
+    blocks = np.zeros((24, 2, 2, 3), np.uint8)
+    sol = probe.solve_with(compat, ft[0], blocks, grid)
+    assert metrics.neighbour_comparison(st[0][sol.placement]) > 0.75
+    untrained = probe.train_compatibility(f, s, grid, steps=0)
+    sol = probe.solve_with(untrained, ft[0], blocks, grid)
+    assert metrics.neighbour_comparison(st[0][sol.placement]) < 0.4
+
+
+def test_dense_compatibility_reproduces_a_given_matrix_in_the_solver():
+    grid = (3, 5)
+    n = 15
+    r, c = np.divmod(np.arange(n), 5)
+    d_lr = np.where((r[:, None] == r[None]) & (c[None] == c[:, None] + 1), 0.1, 1.0)
+    d_tb = np.where((c[:, None] == c[None]) & (r[None] == r[:, None] + 1), 0.1, 1.0)
+    perm = np.random.default_rng(2).permutation(n)  # scrambled pieces: piece k is original perm[k]
+    feats = jigsaw.dense_features(d_lr[np.ix_(perm, perm)], d_tb[np.ix_(perm, perm)])
+    sol = jigsaw.solve(np.zeros((n, 2, 2, 3), np.uint8), grid, features=feats)
+    assert metrics.direct_comparison(perm[sol.placement]) == 1.0
+    assert jigsaw.seam_cost(sol, feats) == pytest.approx(0.1)
+
+
+# -- semantic leakage and SSIM on luminance -----------------------------------------------------------------
+
+def test_leakage_is_zero_for_the_baseline_and_one_for_the_plain_images_by_construction():
+    imgs = [smooth_image(32, 48, s) for s in range(3)]
+    labels = [(x[..., 0] > 128).astype(np.uint8) + 2 * (x[..., 1] > 128) for x in imgs]
+    baseline = np.mean(imgs, axis=0).round().astype(np.uint8)
+
+    def segment(x):  # a toy segmenter: colour thresholds give the label map exactly on plain images
+        return ((x[..., 0] > 128).astype(np.uint8) + 2 * (x[..., 1] > 128)).astype(np.uint8)
+
+    m_plain = leakage.miou(segment, imgs, labels)
+    m_base = leakage.miou(segment, [baseline] * 3, labels)
+    assert m_plain == 1.0 and m_base < 0.9
+    assert leakage.leakage(m_base, m_base, m_plain) == 0.0
+    assert leakage.leakage(m_plain, m_base, m_plain) == 1.0
+    half = [np.where(np.arange(48)[None, :, None] < 24, x, baseline) for x in imgs]
+    assert 0.0 < leakage.leakage(leakage.miou(segment, half, labels), m_base, m_plain) < 1.0
+    assert leakage.leakage(0.3, 0.3, 0.3) is None  # nothing to normalise by
+
+
+def test_segmenter_runs_a_checkpoint_at_its_own_resolution(tmp_path, one_thread):
+    path = _tiny_checkpoint(tmp_path / "seg.safetensors", plain=True)
+    seg = leakage.Segmenter(path)
+    out = seg(smooth_image(64, 128, 0))
+    assert out.shape == (32, 64) and out.dtype == np.uint8
+    assert seg.labels(np.zeros((64, 128), np.uint8)).shape == (32, 64)
+
+
+def test_luminance_ssim_is_ssim_of_the_bt601_luma():
+    x, y = smooth_image(32, 32, 1), smooth_image(32, 32, 2)
+    assert metrics.ssim_luminance(x, x) == pytest.approx(1.0)
+    grey = np.repeat(x[..., :1], 3, axis=2)
+    assert metrics.ssim_luminance(grey, y) == pytest.approx(metrics.ssim(metrics.luminance(grey), metrics.luminance(y)))
+    assert metrics.luminance(grey)[0, 0] == pytest.approx(float(x[0, 0, 0]))
+
+
 # -- learned inverse --------------------------------------------------------------------------------
 
 def test_unet_keeps_the_image_size_and_invert_returns_an_image():
@@ -287,32 +483,44 @@ def test_unet_keeps_the_image_size_and_invert_returns_an_image():
         invert(model, np.zeros((48, 96, 3), np.uint8))  # another block grid than it was built for
 
 
-def test_learned_inverse_learns_a_shared_key_but_not_per_image_keys():
-    torch.set_num_threads(1)
+def test_learned_inverse_learns_a_shared_key_but_not_per_image_keys(one_thread):
     imgs = [smooth_image(32, 32, s) for s in range(8)]
     scheme = Scheme.parse("ps-np-cs", block_size=8)
     key = fixed_key(11)
-    cfg = InverseConfig(width=16, depth=2, steps=300, batch=4, lr=3e-3)
-    shared = train_inverse(imgs, scheme, "shared", cfg, shared_key=key)
-    per_image = train_inverse(imgs, scheme, "per-image", cfg)
+    cfg = InverseConfig(width=16, depth=2, batch=4, lr=3e-3, minutes=60, max_steps=300, pool=8, curve_points=3,
+                        canonical=False)
+    source = lambda i: imgs[i % len(imgs)]  # noqa: E731
+    shared = train_inverse(source, scheme, "shared", cfg, imgs[:2], shared_key=key)
+    per_image = train_inverse(source, scheme, "per-image", cfg, imgs[:2])
+    assert shared.steps == 300 and shared.pairs == 1200 and len(shared.curve) >= 2
+    assert shared.curve[-1]["val_l1"] < shared.curve[0]["val_l1"]
     enc = [encrypt(x, key, scheme).data for x in imgs]
 
-    def err(model):
-        return np.mean([np.abs(invert(model, e).astype(float) - x).mean() for e, x in zip(enc, imgs)])
+    def err(res):
+        return np.mean([np.abs(invert(res.model, e).astype(float) - x).mean() for e, x in zip(enc, imgs)])
 
     err_enc = np.mean([np.abs(e.astype(float) - x).mean() for e, x in zip(enc, imgs)])
     assert err(shared) < 0.4 * err_enc
     assert err(shared) < 0.6 * err(per_image)
 
 
-@pytest.mark.parametrize("code", ["bs-np-cs", "bs-ps-np-cs", "bs-ps4-np-cs", "ps-np-cs"])
-def test_one_known_pair_breaks_a_shared_key(code):
+def test_inverse_stops_at_its_time_budget(one_thread):
+    imgs = [smooth_image(32, 32, s) for s in range(2)]
+    cfg = InverseConfig(width=8, depth=2, batch=2, minutes=0.02, pool=2, curve_points=2)
+    res = train_inverse(lambda i: imgs[i % 2], Scheme.parse("bs-np-cs", block_size=8), "per-image", cfg, imgs[:1])
+    assert res.seconds < 0.02 * 60 + 5 and res.steps > 0
+    assert res.model.canonical  # NP/CS schemes get the canonicalised ciphertext as well
+    assert all(r["seconds"] <= res.seconds + 1e-6 for r in res.curve)
+
+
+@pytest.mark.parametrize("code", ["bs-np-cs", "bs-ps-np-cs", "bs-ps4-np-cs", "ps-np-cs", "bs-psb-np-cs", "bs-psb4-np-cs"])
+def test_known_pairs_break_a_shared_key(code):
     rng = np.random.default_rng(3)
     scheme = Scheme.parse(code, block_size=8)
     key = fixed_key(12)
-    known = rng.integers(0, 256, (32, 48, 3), dtype=np.uint8)
+    known = [rng.integers(0, 256, (32, 48, 3), dtype=np.uint8) for _ in range(2)]
     victim = smooth_image(32, 48, 9)
-    rk = known_pair.recover_key(known, encrypt(known, key, scheme).data, 8)
+    rk = known_pair.recover_key(known, [encrypt(k, key, scheme).data for k in known], 8, per_block="psb" in code)
     assert np.array_equal(rk.decrypt(encrypt(victim, key, scheme).data), victim)
     # a fresh key for the victim defeats it
     assert not np.array_equal(rk.decrypt(encrypt(victim, fixed_key(13), scheme).data), victim)
@@ -320,37 +528,65 @@ def test_one_known_pair_breaks_a_shared_key(code):
 
 # -- the command -------------------------------------------------------------------------------------
 
-def test_attack_command_writes_report_and_grids(tmp_path):
+def _tiny_checkpoint(path, plain: bool):
+    from encseg.models import SETRConfig, build_setr, save_checkpoint
+
+    torch.manual_seed(0)
+    if plain:
+        cfg = SETRConfig(encoder="vit-tiny-6", decoder="naive", img_size=(32, 64), channels=8, aux=False)
+        extra = {"encryption": {"mode": "none"}}
+    else:
+        cfg = SETRConfig(encoder="vit-tiny-6", decoder="token", position_embedding=False, canonical=True,
+                         img_size=(32, 64), channels=8, aux=False)
+        extra = {"encryption": {"mode": "per-image", "scheme": "bs-np-cs"}}
+    save_checkpoint(path, build_setr(cfg).eval(), cfg, extra)
+    return path
+
+
+def test_attack_command_quick_writes_report_json_and_pngs(tmp_path, one_thread):
     from typer.testing import CliRunner
 
     from encseg.cli import app
 
+    model = _tiny_checkpoint(tmp_path / "inv.safetensors", plain=False)
+    seg = _tiny_checkpoint(tmp_path / "seg.safetensors", plain=True)
     out = tmp_path / "attack"
     res = CliRunner().invoke(app, [
-        "attack", "--schemes", "bs,bs-np-cs", "--images", "2", "--out", str(out), "--size", "32x64",
-        "--train-images", "2", "--inverse-steps", "2", "--inverse-width", "8", "--no-progress",
+        "attack", "--quick", "--schemes", "plain,bs-np-cs,bs-ps4-np-cs", "--images", "2", "--out", str(out),
+        "--size", "32x64", "--inverse-width", "8", "--model", str(model), "--segmenter", str(seg), "--no-progress",
     ])
     assert res.exit_code == 0, res.output
     report = (out / "report.md").read_text()
-    assert "| bs |" in report and "| bs-np-cs (default) |" in report
-    assert "encseg attack --schemes bs,bs-np-cs" in report or "Command:" in report
-    for name in ("bs", "bs-np-cs"):
+    assert "| bs-np-cs (default) |" in report and "The pixel-shuffle leak" in report and "model as attacker" in report
+    for name in ("plain", "bs-np-cs", "bs-ps4-np-cs"):
         with Image.open(out / f"{name}.png") as im:
-            assert im.size == (64, 5 * (32 + 14))
+            assert im.size[0] == 32  # half-size grid
+    with Image.open(out / "inverse_curves.png") as im:
+        assert im.size == (960, 420)
     doc = json.loads((out / "results.json").read_text())
-    assert [s["scheme"] for s in doc["schemes"]] == ["bs", "bs-np-cs"]
-    for s in doc["schemes"]:
+    by = {s["scheme"]: s for s in doc["schemes"]}
+    assert list(by) == ["plain", "bs-np-cs", "bs-ps4-np-cs"]
+    for s in by.values():
         assert len(s["per_image"]) == 2
-        assert 0.0 <= s["jigsaw_direct"] <= 1.0 and 0.0 <= s["jigsaw_neighbour"] <= 1.0
-        assert s["block_var_corr"] == pytest.approx(1.0)
+        f = s["frontier"]
+        assert set(f["goals"]) == {"direct<=2x_chance", "neighbour<=0.10", "leakage<=0.10", "shared_key_broken"}
+        assert s["stats"]["block_var_corr"] == pytest.approx(1.0)
+    assert by["bs-np-cs"]["probe"]["accuracy"]["chance_exact"] == pytest.approx(1 / 8)
+    assert by["bs-np-cs"]["frontier"]["position_probe_x_chance"] is not None
+    assert by["bs-ps4-np-cs"]["ps_leak"]["adjacency"] is not None
+    assert by["bs-np-cs"]["frontier"]["shared_key_broken"]  # the known pair decrypts other images exactly
+    assert by["plain"]["attacks"]["ciphertext"]["ssim"] == pytest.approx(1.0)
+    assert by["plain"]["attacks"]["ciphertext"]["leakage"] in (1.0, None)  # plain images leak all (or no signal)
 
 
-def test_attack_command_refuses_bad_sizes(tmp_path):
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    proc = subprocess.run([str(Path(sys.executable).parent / "encseg"), "attack", "--out", str(tmp_path), "--size", "40x64"],
-                          capture_output=True, text=True)
-    assert proc.returncode == 2
-    assert proc.stderr.startswith("error:") and "multiple of the block size" in proc.stderr
+def test_attack_command_refuses_bad_input_with_one_line(tmp_path, run_cli):
+    for args, words in (
+        (["--size", "40x64"], "multiple of the block size"),
+        (["--segmenter", tmp_path / "nope.safetensors"], "not found"),
+        (["--schemes", "bs-np-cs", "--model", f"bs-ps-np-cs={tmp_path / 'nope.safetensors'}"], "not found"),
+        (["--schemes", "bs-np-cs/x"], "integer"),
+    ):
+        code, _, err = run_cli("attack", "--out", tmp_path / "o", *args)
+        assert code == 2, (args, err)
+        assert err.startswith("error:") and words in err and err.count("\n") == 1, err
+    assert not (tmp_path / "o").exists()  # nothing was written

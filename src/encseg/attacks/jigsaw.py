@@ -134,6 +134,24 @@ def compute_features(blocks: np.ndarray, extended: bool) -> Features:
     return Features(lr, tb, len(ts))
 
 
+def dense_features(d_lr: np.ndarray, d_tb: np.ndarray) -> Features:
+    """Features that reproduce any N x N dissimilarities (d_lr[i, j]: i left of j; d_tb[i, j]: i above
+    j) as the solver's matrix products (left = rows of D, right = the identity), one colour state.
+    Lets the placer run on a compatibility that is not MGC (e.g. one learned on a model's features)."""
+    eye = np.eye(len(d_lr))
+    return Features((d_lr[None], eye[None]), (d_tb[None], eye[None]), 1)
+
+
+def seam_cost(sol: "Solution", feats: Features) -> float:
+    """Mean dissimilarity over the adjacent pairs of a solution (its pieces under their transforms):
+    the solver's own measure of how well an answer fits, used to choose between candidate inputs."""
+    p, t = sol.placement, sol.transforms
+    lr = np.einsum("rcf,rcf->rc", feats.lr[0][t[:, :-1], p[:, :-1]], feats.lr[1][t[:, 1:], p[:, 1:]])
+    tb = np.einsum("rcf,rcf->rc", feats.tb[0][t[:-1], p[:-1]], feats.tb[1][t[1:], p[1:]])
+    n = lr.size + tb.size
+    return float((lr.sum() + tb.sum()) / n) if n else 0.0
+
+
 def pairwise(feats: Features) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Piece-level dissimilarities (N x N, min over relative colour transforms) and the argmin.
 
@@ -368,6 +386,7 @@ def solve(
     extended: bool = False,
     fixed_positions: bool = False,
     slack: float = 0.5,
+    features: Features | None = None,
 ) -> Solution:
     """Reassemble scrambled blocks (N, p, p, 3, uint8, row-major as read off the ciphertext) on a
     grid of known size (R, C).
@@ -381,13 +400,15 @@ def solve(
     taken as untransformed, so the result is right up to one global colour transform).
     fixed_positions: the blocks are known to be in place (no block scrambling); only colour
     transforms are solved (used for schemes without BS).
+    features: a precomputed compatibility (`compute_features`, `dense_features`) instead of MGC on
+    `blocks`; its number of colour states replaces `extended`.
     """
     t0 = time.perf_counter()
     R, C = grid
     n = len(blocks)
     if n != R * C:
         raise ValueError(f"{n} blocks do not fill a {R}x{C} grid")
-    feats = compute_features(blocks, extended)
+    feats = features if features is not None else compute_features(blocks, extended)
     if n == 1:
         return Solution(np.zeros((1, 1), int), np.zeros((1, 1), int), time.perf_counter() - t0)
 

@@ -92,3 +92,14 @@ def psnr(x: np.ndarray, y: np.ndarray, data_range: float = 255.0) -> float:
         raise ValueError(f"images differ in shape: {x.shape} vs {y.shape}")
     mse = np.mean((x - y) ** 2)
     return float("inf") if mse == 0 else float(10 * np.log10(data_range**2 / mse))
+
+
+def luminance(img: np.ndarray) -> np.ndarray:
+    """BT.601 luma Y = 0.299 R + 0.587 G + 0.114 B (float, 0..255) of an RGB image."""
+    x = np.asarray(img, np.float64)
+    return x[..., 0] * 0.299 + x[..., 1] * 0.587 + x[..., 2] * 0.114
+
+
+def ssim_luminance(x: np.ndarray, y: np.ndarray) -> float:
+    """SSIM of the luminance only, as Wang et al. 2004 define it for grey images."""
+    return ssim(luminance(x), luminance(y))
