@@ -33,6 +33,9 @@ def test_default_is_the_most_accurate_scheme_that_passes_every_goal(tmp_path):
     assert {r["scheme"]: r["passes"] for r in rows if r["miou"] is not None} == {
         "bs-np-cs": False, "bs-psb-np-cs": True, "bs-psb4-np-cs": False}
     assert choose_default(frontier_rows(recs, {})) is None  # no attack record: no choice
+    fails = [dict(r, passes=False) for r in rows]
+    fallback = choose_default(fails)  # nobody meets every goal: the one meeting most, marked as such
+    assert fallback["scheme"] == "bs-psb-np-cs" and fallback["all_goals"] is False
 
 
 def test_report_and_chart_are_written_with_every_scheme(tmp_path):

@@ -32,16 +32,16 @@ _CODE_RE = re.compile(r"(bs|psb|ps|np|cs)([0-9]*)")
 PRESETS: dict[str, str] = {
     "plain": "no encryption (the identity; for baselines)",
     "bs": "block scrambling only (known to fall to jigsaw solvers; for comparison)",
-    "bs-np-cs": "block scrambling + negative-positive + channel shuffling (the default)",
+    "bs-np-cs": "block scrambling + negative-positive + channel shuffling (the default until the frontier: falls to a jigsaw solver)",
     "bs-ps-np-cs": "all four steps, full pixel shuffling inside each block",
     "ps-np-cs": "pixel shuffling + NP + CS, blocks keep their positions",
     "bs-ps4-np-cs": "all four steps, pixel shuffling restricted to 4x4 sub-blocks",
     "ps4-np-cs": "restricted (4x4) pixel shuffling + NP + CS, blocks keep their positions",
-    "bs-psb-np-cs": "all four steps, one pixel permutation per block (format v2)",
+    "bs-psb-np-cs": "all four steps, one pixel permutation per block (format v2; the default, docs/results.md)",
     "bs-psb4-np-cs": "all four steps, one pixel permutation per block restricted to 4x4 sub-blocks (format v2)",
     "psb-np-cs": "one pixel permutation per block + NP + CS, blocks keep their positions (format v2)",
 }
-DEFAULT_SCHEME = "bs-np-cs"
+DEFAULT_SCHEME = "bs-psb-np-cs"  # chosen by the privacy-accuracy frontier (docs/results.md, docs/security.md)
 
 
 @dataclass(frozen=True)
