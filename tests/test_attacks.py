@@ -557,7 +557,7 @@ def test_attack_command_quick_writes_report_json_and_pngs(tmp_path, one_thread):
     ])
     assert res.exit_code == 0, res.output
     report = (out / "report.md").read_text()
-    assert "| bs-np-cs (default) |" in report and "The pixel-shuffle leak" in report and "model as attacker" in report
+    assert "| bs-np-cs |" in report and "The pixel-shuffle leak" in report and "model as attacker" in report
     for name in ("plain", "bs-np-cs", "bs-ps4-np-cs"):
         with Image.open(out / f"{name}.png") as im:
             assert im.size[0] == 32  # half-size grid
