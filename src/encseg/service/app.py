@@ -154,7 +154,7 @@ def _segment_body(limits: Limits) -> dict:
         "scheme": {"type": "string", "maxLength": 4096,
                    "description": "preset/code name (e.g. bs-np-cs) or a JSON scheme descriptor"},
         "block_size": {"type": "integer", "minimum": 1, "maximum": 256},
-        "original_size": {"type": "string", "pattern": "^[0-9]{1,6}x[0-9]{1,6}$",
+        "original_size": {"type": "string", "pattern": "^[1-9][0-9]{0,5}x[1-9][0-9]{0,5}$",
                           "description": "HxW before padding (echoed into the label PNG)"},
         "topk": {"type": "integer", "minimum": 0, "maximum": limits.max_topk},
         "format": {"type": "string", "enum": ["png", "json"]},
@@ -168,7 +168,8 @@ def _segment_body(limits: Limits) -> dict:
             "key (key, secret, token, password, auth), or any value that looks like one (64 hex digits, "
             "32 bytes in base64), is refused with 400. Send multipart/form-data, application/json (image as "
             "base64), or a raw image/png body (fields in the query or the PNG's encseg chunk). The same fields "
-            "may come in the query for every body type, but not twice. What JSON Schema cannot say about the "
+            "may come in the query instead (the way to send them with a raw image/png body; not declared as parameters, "
+            "since OpenAPI cannot tie them to one body type), but not twice. What JSON Schema cannot say about the "
             "image (a PNG whose chunks pass the checks) is refused with 400/413/415/422 as documented."
         ),
         "required": True,
@@ -193,12 +194,6 @@ def _segment_body(limits: Limits) -> dict:
             "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
         },
     }
-
-
-def _query_parameters(limits: Limits) -> list[dict]:
-    body = _segment_body(limits)["content"]["multipart/form-data"]["schema"]["properties"]
-    return [{"name": n, "in": "query", "required": False, "schema": body[n]}
-            for n in ("scheme", "block_size", "original_size", "topk", "format")]
 
 
 def _errors(*codes: int) -> dict[int, dict]:
@@ -681,7 +676,7 @@ def create_app(segmenter: Segmenter, config: ServiceConfig = ServiceConfig()) ->
     @app.post(
         "/v1/segment",
         tags=["segment"],
-        openapi_extra={"requestBody": _segment_body(limits), "parameters": _query_parameters(limits)},
+        openapi_extra={"requestBody": _segment_body(limits)},
         responses={
             200: {"model": SegmentJSON,
                   "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
