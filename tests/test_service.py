@@ -558,7 +558,7 @@ def test_local_backend_and_cli_serve_run_a_real_setr_checkpoint(run_cli, tmp_pat
     ({"train_config": {"encryption": {"mode": "per-image", "scheme": "bs-ps4-np-cs"}}}, ["bs-ps4-np-cs"]),
     ({"train_config": {"encryption": {"mode": "none", "scheme": "bs-np-cs"}}}, ["plain"]),
     ({"schemes": ["bs", {"version": 1, "block_size": 16, "steps": [{"name": "channel-shuffle"}]}]}, ["bs", "cs"]),
-    ({}, ["bs-np-cs"]),
+    ({}, ["bs-psb-np-cs"]),  # nothing recorded: DEFAULT_SCHEME
 ])
 def test_checkpoint_metadata_names_the_schemes_the_model_was_trained_for(extra, names):
     from encseg.service.segmenter import schemes_from_extra
