@@ -37,7 +37,7 @@ def test_decrypt_mask_round_trip_with_like(run_cli, image, tmp_path):
     path, arr = image
     run_cli("encrypt", path, "-o", tmp_path / "enc.png", "--key-out", tmp_path / "k.key")
     labels = np.random.default_rng(1).integers(0, 19, arr.shape[:2]).astype(np.uint8)
-    enc_labels = encrypt_mask(labels, load_key(tmp_path / "k.key"), Scheme.parse(DEFAULT_SCHEME)  # what `encseg encrypt` used)
+    enc_labels = encrypt_mask(labels, load_key(tmp_path / "k.key"), Scheme.parse(DEFAULT_SCHEME))  # the scheme encrypt used
     Image.fromarray(enc_labels).save(tmp_path / "mask_enc.png")
     code, _, err = run_cli("decrypt-mask", tmp_path / "mask_enc.png", "--key", tmp_path / "k.key",
                            "--like", tmp_path / "enc.png", "-o", tmp_path / "mask.png")
