@@ -26,7 +26,7 @@ import torch  # noqa: E402
 import encseg.attacks.inverse as inverse_mod  # noqa: E402
 from encseg.attacks import metrics, stats  # noqa: E402
 from encseg.attacks.inverse import InverseConfig, invert, train_inverse  # noqa: E402
-from encseg.attacks.report import jigsaw_attack  # noqa: E402
+from encseg.attacks.suite import jigsaw_attack  # noqa: E402
 from encseg.cipher import EncryptedImage, Key, Scheme, encrypt, make_plan  # noqa: E402
 from encseg.cipher.jpeg import jpeg_roundtrip  # noqa: E402
 from encseg.data.streets import render_scene, scene_seed  # noqa: E402
@@ -64,7 +64,7 @@ def attack(scheme: Scheme, tests, trains, cfg: InverseConfig, quality: int | Non
     if quality is not None:
         inverse_mod.encrypt = _JpegCiphertexts(quality)
     try:
-        model = train_inverse(trains, scheme, "per-image", cfg)
+        model = train_inverse(lambda i: trains[i % len(trains)], scheme, "per-image", cfg, []).model
     finally:
         inverse_mod.encrypt = saved
     for i, img in enumerate(tests):
@@ -91,7 +91,7 @@ def main() -> None:
     t0 = time.perf_counter()
     tests = [render_scene(scene_seed(args.seed, "test", i), (h, w))[0] for i in range(args.images)]
     trains = [render_scene(scene_seed(args.seed, "train", i), (h, w))[0] for i in range(args.train_images)]
-    cfg = InverseConfig(steps=args.inverse_steps)
+    cfg = InverseConfig(minutes=60.0, max_steps=args.inverse_steps, pool=len(trains))
     png = attack(scheme, tests, trains, cfg, None)
     jpg = attack(scheme, tests, trains, cfg, args.quality)
     print(f"scheme {scheme.name}, {args.images} held-out street scenes {h}x{w} (procedural benchmark, not Cityscapes), "

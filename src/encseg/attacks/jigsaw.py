@@ -171,6 +171,20 @@ def pairwise(feats: Features) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nd
     return out[0][0], out[1][0], out[0][1], out[1][1]
 
 
+def buddy_agreement(sol: "Solution", feats: Features) -> float:
+    """Fraction of a solution's adjacent pairs that are mutual best buddies (each the other's best
+    match in that relation): the solver's own, scale-free measure of how well an answer fits, used to
+    choose between candidate inputs (e.g. blocks transposed or not after the PS leak)."""
+    d_lr, d_tb, _, _ = pairwise(feats)
+    P = sol.placement
+    right, left = d_lr.argmin(axis=1), d_lr.argmin(axis=0)
+    below, above = d_tb.argmin(axis=1), d_tb.argmin(axis=0)
+    lr = (right[P[:, :-1]] == P[:, 1:]) & (left[P[:, 1:]] == P[:, :-1])
+    tb = (below[P[:-1]] == P[1:]) & (above[P[1:]] == P[:-1])
+    n = lr.size + tb.size
+    return float((lr.sum() + tb.sum()) / n) if n else 1.0
+
+
 # -- greedy placement -----------------------------------------------------------------------------
 
 # neighbour offsets: (dr, dc, relation, the placed piece's side in it)

@@ -107,8 +107,9 @@ class PositionProbe:
 
 
 def train_probe(feats: np.ndarray, sources: np.ndarray, grid: tuple[int, int], steps: int = 300,
-                lr: float = 0.05, weight_decay: float = 1e-3, seed: int = 0) -> PositionProbe:
-    """Fit the probe: feats (M, D), sources (M,) original row-major block index of each feature."""
+                lr: float = 0.05, weight_decay: float = 1e-3, seed: int = 0, batch: int = 4096) -> PositionProbe:
+    """Fit the probe: feats (M, D), sources (M,) original row-major block index of each feature
+    (Adam on minibatches of `batch` features)."""
     R, C = grid
     mean, std = feats.mean(0), feats.std(0) + 1e-6
     x = torch.from_numpy((feats - mean) / std).float()
@@ -119,7 +120,8 @@ def train_probe(feats: np.ndarray, sources: np.ndarray, grid: tuple[int, int], s
     w_col = (0.01 * torch.randn(x.shape[1], C, generator=g)).requires_grad_()
     opt = torch.optim.Adam([w_row, w_col], lr=lr)
     for _ in range(steps):
-        loss = F.cross_entropy(x @ w_row, r) + F.cross_entropy(x @ w_col, c)
+        i = torch.randint(len(x), (min(batch, len(x)),), generator=g) if len(x) > batch else slice(None)
+        loss = F.cross_entropy(x[i] @ w_row, r[i]) + F.cross_entropy(x[i] @ w_col, c[i])
         loss = loss + weight_decay * (w_row.square().sum() + w_col.square().sum())
         opt.zero_grad()
         loss.backward()
@@ -180,27 +182,32 @@ def _neighbour_pairs(grid: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def train_compatibility(feats: np.ndarray, sources: np.ndarray, grid: tuple[int, int], steps: int = 200,
-                        lr: float = 0.01, weight_decay: float = 1e-4, seed: int = 0) -> Compatibility:
+                        lr: float = 0.01, weight_decay: float = 1e-4, seed: int = 0, images: int = 4,
+                        pairs: int = 128) -> Compatibility:
     """Fit the bilinear forms on attacker images: feats (B, N, D) in encrypted order, sources (B, N)
-    original index of each block. Loss: softmax over the image's blocks for each true neighbour."""
+    original index of each block. Loss: softmax over the image's blocks for each true neighbour;
+    each step takes `images` images and `pairs` neighbour pairs of each relation."""
     B, N, D = feats.shape
     mean, std = feats.reshape(-1, D).mean(0), feats.reshape(-1, D).std(0) + 1e-6
     x = torch.from_numpy((feats - mean) / std).float()
     pos = np.argsort(sources, axis=1)  # pos[b, k]: encrypted index of original block k
-    pairs = _neighbour_pairs(grid)
+    neighbour_pairs = _neighbour_pairs(grid)
     g = torch.Generator().manual_seed(seed)
     ws = [(0.01 * torch.randn(D, D, generator=g)).requires_grad_() for _ in range(2)]
     opt = torch.optim.Adam(ws, lr=lr)
-    bi = torch.arange(B)[:, None]
+    rng = np.random.default_rng(seed)
     for _ in range(steps):
         loss = 0.0
-        for w, pr in zip(ws, pairs):
+        bi = rng.choice(B, size=min(images, B), replace=False)
+        for w, pr in zip(ws, neighbour_pairs):
             if not len(pr):
                 continue
-            a = torch.from_numpy(pos[:, pr[:, 0]])  # (B, P) encrypted index of the left/top member
-            b = torch.from_numpy(pos[:, pr[:, 1]])
-            s = x[bi, a] @ w @ x.transpose(1, 2)  # (B, P, N) scores of every block as the partner
-            s = s.masked_fill(F.one_hot(a, N).bool(), -1e9)
+            pr = pr[rng.choice(len(pr), size=min(pairs, len(pr)), replace=False)]
+            a = torch.from_numpy(pos[bi][:, pr[:, 0]])  # (b, P) encrypted index of the left/top member
+            b = torch.from_numpy(pos[bi][:, pr[:, 1]])
+            xb = x[torch.from_numpy(bi)]
+            s = torch.gather(xb, 1, a[..., None].expand(-1, -1, D)) @ w @ xb.transpose(1, 2)  # (b, P, N)
+            s = s.scatter(2, a[..., None], -1e9)  # a block is not its own neighbour
             loss = loss + F.cross_entropy(s.reshape(-1, N), b.reshape(-1))
         loss = loss + weight_decay * sum(w.square().sum() for w in ws)
         opt.zero_grad()

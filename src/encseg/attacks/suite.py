@@ -204,9 +204,10 @@ def jigsaw_attack(enc: np.ndarray, scheme: Scheme, plain: np.ndarray, block_src:
 
 def ps_leak_attack(enc: np.ndarray, scheme: Scheme, plain: np.ndarray, plan) -> dict:
     """Estimate the PS permutation(s), undo them, run the solver. With full PS the layout is right up
-    to a symmetry of the block: with BS, every block transposed or not is solved and the answer of
-    least seam cost kept (flips of every block are flips of the whole image, left to `_best_variant`);
-    without BS, the 8 symmetries are tried on the fixed grid."""
+    to a symmetry of the block: with BS, every block transposed or not is solved and the answer whose
+    adjacencies are most often mutual best buddies kept (a choice from the ciphertext alone; flips of
+    every block are flips of the whole image, left to `_best_variant`); without BS, the 8 symmetries
+    are tried on the fixed grid the same way."""
     t = psleak.target_of(scheme)
     p = scheme.block_size
     scrambled = "block-scramble" in _steps(scheme)
@@ -221,7 +222,7 @@ def ps_leak_attack(enc: np.ndarray, scheme: Scheme, plain: np.ndarray, plan) -> 
     best = None
     for cand in cands:
         sol, feats = _solve(cand, p, scrambled, colour)
-        cost = jigsaw.seam_cost(sol, feats) if sol is not None else 0.0
+        cost = -jigsaw.buddy_agreement(sol, feats) if sol is not None and len(cands) > 1 else 0.0
         if best is None or cost < best[0]:
             best = (cost, cand, sol)
     _, base, sol = best
