@@ -577,7 +577,7 @@ def scheme_from_field(value: object, block_size: int | None = None, default_bloc
         if isinstance(value, dict):
             scheme = Scheme.from_dict(value)
         elif isinstance(value, str):
-            if not _SCHEME_NAME.fullmatch(value.strip()):
+            if not _SCHEME_NAME.fullmatch(value):  # no surrounding whitespace or control characters
                 raise Refused(422, "the scheme field is not a scheme name (letters, digits and '-') or a JSON descriptor")
             scheme = Scheme.parse(value, block_size=block_size or default_block_size)
         else:
