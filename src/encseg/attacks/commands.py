@@ -53,6 +53,7 @@ def attack(
     segmenter: Path = typer.Option(None, help="plain SETR checkpoint for the semantic leakage score"),
     probe_scenes: int = typer.Option(48, help="attacker scenes for the position probe and the learned compatibility"),
     seed: int = typer.Option(0, help="benchmark seed (victims are split `test`; the attacker uses another seed)"),
+    grid_scale: float = typer.Option(0.5, help="size of the PNG grids relative to the scenes"),
     threads: int = typer.Option(1, help="torch threads (0: torch's default; on a busy machine more threads are slower)"),
     quick: bool = typer.Option(False, help="seconds-long settings for tests: tiny budgets, few attacker scenes"),
     progress: bool = typer.Option(True, help="show a progress bar"),
@@ -79,6 +80,8 @@ def attack(
         raise UserError("--images and --probe-scenes must be at least 1")
     if inverse_minutes <= 0 or (shared_inverse_minutes is not None and shared_inverse_minutes <= 0):
         raise UserError("inverse budgets must be positive minutes")
+    if not 0.05 <= grid_scale <= 1.0:
+        raise UserError("--grid-scale must be between 0.05 and 1")
     if segmenter is not None and not segmenter.is_file():
         raise UserError(f"--segmenter: checkpoint not found: {segmenter}")
     models = _models(model, [s.label for s in specs])
@@ -91,7 +94,8 @@ def attack(
         set_blas_threads(threads)
     inv = InverseConfig(width=max(4, inverse_width - inverse_width % 4), minutes=inverse_minutes)
     cfg = SuiteConfig(images=images, size=(h, w), seed=seed, inverse=inv, shared_inverse_minutes=shared_inverse_minutes,
-                      probe_scenes=probe_scenes, models=models, segmenter=str(segmenter) if segmenter else None)
+                      probe_scenes=probe_scenes, models=models, segmenter=str(segmenter) if segmenter else None,
+                      grid_scale=grid_scale)
     if quick:
         inv.minutes, inv.max_steps, inv.batch, inv.curve_points, inv.pool = min(inverse_minutes, 0.05), 3, 2, 2, 4
         cfg.shared_inverse_minutes = None

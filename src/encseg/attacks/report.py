@@ -27,7 +27,8 @@ _PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 
 
 
 def save_grid(path: Path, images: list[np.ndarray], labels: list[str], scale: float = 1.0) -> None:
-    """Stack images vertically (resized by `scale`), each under a one-line label."""
+    """Stack images vertically (resized by `scale`), each under a one-line label; saved as a
+    256-colour PNG (small enough to keep in the repository)."""
     h, w = images[0].shape[:2]
     h, w = max(int(h * scale), 1), max(int(w * scale), 1)
     bar = 14
@@ -38,7 +39,7 @@ def save_grid(path: Path, images: list[np.ndarray], labels: list[str], scale: fl
         draw.text((3, y + 1), label, fill="black")
         im = Image.fromarray(img)
         canvas.paste(im if im.size == (w, h) else im.resize((w, h), Image.BILINEAR), (0, y + bar))
-    canvas.save(path, optimize=True)
+    canvas.quantize(256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(path, optimize=True)
 
 
 def draw_curves(path: Path, summaries: list[dict], baseline: float | None) -> None:
