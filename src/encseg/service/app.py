@@ -440,6 +440,8 @@ def _parse_multipart(raw: bytes, content_type: str, limits: Limits) -> tuple[byt
     boundary = params.get(b"boundary")
     if not boundary or len(boundary) > 200:
         raise Refused(400, "the multipart body has no (or an over-long) boundary")
+    if b"--" + boundary + b"--" not in raw:
+        raise Refused(400, "the multipart body is not terminated (no closing boundary)")
     parts: list[dict[str, Any]] = []
     cur: dict[str, Any] = {}
     header_field, header_value = bytearray(), bytearray()
