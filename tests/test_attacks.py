@@ -573,6 +573,7 @@ def test_attack_command_quick_writes_report_json_and_pngs(tmp_path, one_thread):
         assert s["stats"]["block_var_corr"] == pytest.approx(1.0)
     assert by["bs-np-cs"]["probe"]["accuracy"]["chance_exact"] == pytest.approx(1 / 8)
     assert by["bs-np-cs"]["frontier"]["position_probe_x_chance"] is not None
+    assert by["bs-np-cs"]["probe"]["label_accuracy"]["chance_row"] == pytest.approx(1 / 2)
     assert by["bs-ps4-np-cs"]["ps_leak"]["adjacency"] is not None
     assert by["bs-np-cs"]["frontier"]["shared_key_broken"]  # the known pair decrypts other images exactly
     assert by["plain"]["attacks"]["ciphertext"]["ssim"] == pytest.approx(1.0)

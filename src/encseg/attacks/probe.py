@@ -11,8 +11,10 @@ Two measurements, both trained only on the attacker's own scenes under fresh key
 - a learned compatibility: bilinear forms f_i^T W f_j scoring "j right of i" and "j below i",
   trained as a softmax over the image's blocks, given to the jigsaw solver in place of MGC.
 
-A control probe on ciphertext-only block statistics (no model) says how much of the probe's
-accuracy comes from content alone (sky is at the top whoever looks).
+Two controls say how much of the probe's accuracy needs the model's hidden features: the same
+probe on ciphertext-only block statistics (no model), and on the model's own output per block (the
+class probabilities of its label map, which the server sees by design: a block's class alone says
+roughly where it was, sky at the top and road at the bottom).
 """
 
 from __future__ import annotations
@@ -67,6 +69,17 @@ def token_features(model, imgs: list[np.ndarray], block_size: int) -> np.ndarray
     if k > 1:
         f = F.avg_pool2d(f, k)
     return f.flatten(2).transpose(1, 2).float().numpy()
+
+
+@torch.no_grad()
+def label_features(model, imgs: list[np.ndarray], block_size: int) -> np.ndarray:
+    """(B, blocks, classes) the model's own output per cipher block (mean class probabilities): what
+    the server sees anyway, since it returns the label map. A probe on these measures how much
+    position the block's class alone gives away (sky is at the top whoever looks)."""
+    from encseg.models import normalize
+
+    prob = torch.softmax(model(normalize(np.stack(imgs))).float(), 1)
+    return F.avg_pool2d(prob, block_size).flatten(2).transpose(1, 2).numpy()
 
 
 def block_statistics(imgs: list[np.ndarray], p: int) -> np.ndarray:

@@ -300,9 +300,16 @@ def _model_attack(run: SchemeRun, ctx: Context, path: str, encs: list[np.ndarray
     ctrl = probe.train_probe(sfeats.reshape(-1, sfeats.shape[-1]), ssrcs.ravel(), grid, steps=ctx.cfg.probe_steps)
     tstat = probe.block_statistics(encs, p)
     acc_ctrl = probe.probe_accuracy(ctrl, tstat.reshape(-1, tstat.shape[-1]), test_src.ravel())
-    run.probe = {"model": path, "accuracy": acc, "control_accuracy": acc_ctrl,
+    # the second control: the model's own label output per block (what the server sees by design)
+    lfeats, lsrcs = probe.attacker_features(lambda ims: probe.label_features(model, ims, p), ctx.scenes.attacker,
+                                            ctx.cfg.probe_scenes, attacker_pair)
+    lprobe = probe.train_probe(lfeats.reshape(-1, lfeats.shape[-1]), lsrcs.ravel(), grid, steps=ctx.cfg.probe_steps)
+    tlab = np.concatenate([probe.label_features(model, [e], p) for e in encs])
+    acc_lab = probe.probe_accuracy(lprobe, tlab.reshape(-1, tlab.shape[-1]), test_src.ravel())
+    run.probe = {"model": path, "accuracy": acc, "control_accuracy": acc_ctrl, "label_accuracy": acc_lab,
                  "exact_x_chance": acc["exact"] / acc["chance_exact"],
-                 "control_exact_x_chance": acc_ctrl["exact"] / acc_ctrl["chance_exact"]}
+                 "control_exact_x_chance": acc_ctrl["exact"] / acc_ctrl["chance_exact"],
+                 "label_exact_x_chance": acc_lab["exact"] / acc_lab["chance_exact"]}
     ctx.tick(run.label, 0.05)
     if not probe.scheme_scrambles(scheme):
         return
