@@ -210,13 +210,20 @@ def draw_frontier(rows: list[dict], plain: float | None, path: Path) -> None:
     missing = [r["scheme"] for r in pts if r.get("leakage") is None]
     if missing:
         dr.text((left + 8, top + 4), "not shown (no attack figures): " + ", ".join(missing), fill=(90, 90, 90), font=small)
-    for r in pts:
+    placed: list[tuple[float, float]] = []
+    for r in sorted(pts, key=lambda r: (r.get("leakage") is None, r.get("leakage") or 0)):
         if r.get("leakage") is None:
             continue
         x, y = X(r["leakage"]), Y(r["miou"])
+        ly = y
+        while any(abs(ly - py) < 14 and abs(x - px) < 150 for px, py in placed):
+            ly -= 15  # lift a label that would overlap a neighbour's
+        placed.append((x, ly))
         colour = {True: (40, 150, 60), False: (200, 60, 40), None: (120, 120, 120)}[r["passes"]]
         dr.ellipse([x - 6, y - 6, x + 6, y + 6], fill=colour, outline="black")
-        dr.text((x + 9, y), f"{r['scheme']} ({r['miou']:.1f})", fill="black", font=small, anchor="lm")
+        if ly != y:
+            dr.line([(x + 6, y), (x + 9, ly)], fill=(120, 120, 120))
+        dr.text((x + 9, ly), f"{r['scheme']} ({r['miou']:.1f})", fill="black", font=small, anchor="lm")
     path.parent.mkdir(parents=True, exist_ok=True)
     img.save(path)
 
