@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+from encseg.cipher import DEFAULT_SCHEME  # noqa: E402
 from encseg.cipher import Key, Scheme, decrypt_mask, encrypt
 from encseg.cipher import jpeg as J
 from encseg.cipher.io import METADATA_CHUNK, encode_encrypted, encrypted_metadata, metadata_text
@@ -401,7 +402,7 @@ def test_cli_encrypt_format_jpeg_and_its_refusals(run_cli, tmp_path):
                              "--quality", "80", "--key-out", tmp_path / "k.key")
     assert code == 0, err
     data = (tmp_path / "e.jpg").read_bytes()
-    assert J.is_jpeg(data) and encrypted_metadata(data) == (Scheme.parse("bs-np-cs"), (40, 56))
+    assert J.is_jpeg(data) and encrypted_metadata(data) == (Scheme.parse(DEFAULT_SCHEME), (40, 56))
     h = J.read_jpeg_header(data, max_pixels=1 << 20)
     assert (h.height, h.width) == (48, 64)
     cases = {
