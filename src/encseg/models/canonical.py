@@ -28,14 +28,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from encseg.models.inference import IMAGENET_MEAN, IMAGENET_STD
+from encseg.models.inference import IMAGENET_MEAN, IMAGENET_STD, pixel_values
+from encseg.models.vit import _exporting
 
 # The six channel orders in lexicographic order, as the cipher's CS step lists them (DESIGN.md).
 CHANNEL_ORDERS = ((0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0))
-
-
-def _exporting() -> bool:
-    return torch.compiler.is_exporting() or torch.jit.is_tracing()
 
 
 class BlockCanonical(nn.Module):
@@ -58,7 +55,7 @@ class BlockCanonical(nn.Module):
         return f"block_size={self.block_size}, group={self.group}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        v = (x.float() * self.std + self.mean).round().clamp(0, 255)
+        v = pixel_values(x)
         B, _, H, W = v.shape
         p = self.block_size
         nh, nw = H // p, W // p

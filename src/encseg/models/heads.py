@@ -286,5 +286,5 @@ class MaskHead(nn.Module):
         pix = F.normalize(self.pixel_proj(tokens).reshape(B, h * w, p * p, self.mask_dim), dim=-1)
         cls = F.normalize(self.class_proj(classes), dim=-1)  # [B, C, d]
         logits = torch.einsum("bnpd,bcd->bcnp", pix, cls) * self.scale + self.bias.view(1, C, 1, 1)
-        logits = logits.reshape(B, C * 1, h, w, p, p).permute(0, 1, 2, 4, 3, 5).reshape(B, C, h * p, w * p)
+        logits = logits.reshape(B, C, h, w, p, p).permute(0, 1, 2, 4, 3, 5).reshape(B, C, h * p, w * p)
         return logits

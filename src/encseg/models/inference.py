@@ -33,6 +33,13 @@ def normalize(img: torch.Tensor | np.ndarray) -> torch.Tensor:
     return ((x.float() - mean) / std).contiguous()
 
 
+def pixel_values(x: torch.Tensor) -> torch.Tensor:
+    """The inverse of `normalize` on its 0..255 grid: float32 [B,3,H,W] of integer values (rounded, clamped)."""
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+    return (x.float() * std + mean).round().clamp(0, 255)
+
+
 def _sliding_window(model: nn.Module, x: torch.Tensor, crop: tuple[int, int], stride: tuple[int, int], batch: int) -> torch.Tensor:
     """mmsegmentation's slide inference: average the logits of overlapping crop windows."""
     B, _, H, W = x.shape

@@ -116,11 +116,8 @@ class SETRConfig:
             out.append("bs")
         if self.canonical:
             out += ["np", "cs"]
-        if self.invariant_embedding:
-            out += ["ps", "psb"] + [f"ps{q}" for q in range(1, self.patch_size + 1) if self.patch_size % q == 0] \
-                + [f"psb{q}" for q in range(1, self.patch_size + 1) if self.patch_size % q == 0]
-        elif self.pixel_group:
-            q = self.pixel_group
+        q = self.patch_size if self.invariant_embedding else self.pixel_group  # order-free inside q x q
+        if q:
             out += ["ps", "psb"] if q == self.patch_size else []
             out += [f"ps{d}" for d in range(1, q + 1) if q % d == 0] + [f"psb{d}" for d in range(1, q + 1) if q % d == 0]
         return tuple(out)

@@ -106,11 +106,9 @@ def pixel_sort_order(x: torch.Tensor, patch_size: int, group: int) -> tuple[torc
     [B, N, S, q*q] with N blocks (row-major) and S = (p/q)^2 sub-blocks (row-major) per block; `order`
     indexes the q*q positions of a sub-block (row-major).
     """
-    from encseg.models.inference import IMAGENET_MEAN, IMAGENET_STD
+    from encseg.models.inference import pixel_values
 
-    mean = x.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = x.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    v = (x.float() * std.float() + mean.float()).round().clamp(0, 255)
+    v = pixel_values(x)
     key = (v[:, 0] * 65536 + v[:, 1] * 256 + v[:, 2]).long()  # [B, H, W]
     sub = subblocks(key.unsqueeze(1), patch_size, group)[:, 0]  # [B, N, S, q*q]
     n = group * group
