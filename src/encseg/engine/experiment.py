@@ -114,8 +114,7 @@ def plan_runs(budget: Budget, data_root: Path, out: Path) -> list[Run]:
             cfg.encryption.mode = c.train
             apply_dict(cfg, {"model": dict(c.model)})
             if c.scheme:
-                name, block = split_scheme(c.scheme)
-                cfg.encryption.scheme = name
+                cfg.encryption.scheme = split_scheme(c.scheme)[0]
             runs.append(Run(c.name, c.label, c.train, c.scheme, list(c.evals), cfg.validate()))
         return runs
 
@@ -162,6 +161,7 @@ def _run_job(run: Run, data_root: str, budget: Budget, data: dict) -> dict:
     from encseg.cipher import Scheme, load_key
     from encseg.data.cityscapes import CityscapesDataset
     from encseg.engine.evaluate import evaluate
+    from encseg.engine.frontier import split_scheme
     from encseg.engine.train import shared_key_path, train
     from encseg.models import load_checkpoint
 
@@ -179,11 +179,11 @@ def _run_job(run: Run, data_root: str, budget: Budget, data: dict) -> dict:
     val = CityscapesDataset(data_root, "val")
     results = []
     for mode, scheme in run.evals:
-        s = Scheme.parse(scheme.partition("/")[0], block_size=config.block) if scheme else None
+        s = Scheme.parse(split_scheme(scheme)[0], block_size=config.block) if scheme else None
         key = load_key(shared_key_path(run.cfg)) if mode == "shared" else None
         r = evaluate(model, val, "cpu", mode, s, key, crop=budget.eval_crop, stride=budget.eval_stride,
                      batch_size=budget.eval_batch)
-        results.append({"test": mode, "scheme": scheme} | r.to_dict())
+        results.append(r.to_dict() | {"test": mode, "scheme": scheme})
     record = {
         "name": run.name, "model": run.model, "train": run.train, "scheme": run.scheme,
         "steps": run.cfg.run.steps, "train_seconds": round(train_s, 1),
@@ -303,42 +303,41 @@ def run_experiment(budget_name: str, out: Path, data: Path | None, results_md: P
 def _scheme_descriptors(rec: dict, first: str) -> list[dict]:
     """The schemes a frontier run was scored on (its default first), as descriptors with their block size."""
     from encseg.cipher import Scheme
+    from encseg.engine.frontier import split_scheme
     from encseg.models import SETRConfig
 
     block = SETRConfig.from_dict(rec["config"]["model"]).block
     names = [first] + [x["scheme"] for x in rec["results"] if x["scheme"] and x["scheme"] != first]
-    return [Scheme.parse(n.partition("/")[0], block_size=block).to_dict() for n in names]
+    return [Scheme.parse(split_scheme(n)[0], block_size=block).to_dict() for n in names]
 
 
 def _frontier_report(budget: Budget, records: list[dict], data_root: Path, results_md: Path, chart: Path,
                      demo_out: Path | None, total_s: float, trained: dict | None, privacy: Path) -> None:  # fmt: skip
     import torch
 
-    from encseg.engine.frontier import write_frontier_report
+    from encseg.engine.frontier import choose_default, frontier_rows, load_privacy, plain_miou, write_frontier_report
     from encseg.models import SETRConfig
 
     wall = (f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores visible, torch {torch.__version__}, "
             f"{budget.parallel} runs at a time with {budget.threads} thread each; this invocation {total_s / 60:.1f} min"
             + (f"; the invocation that trained {trained['runs_trained']} of the {trained['runs']} runs took "
                f"{trained['wall_minutes']} min (data generation {trained['data_minutes']} min)." if trained else "."))
-    default = write_frontier_report(budget, records, data_root, results_md, chart, privacy, wall, [])
-    if demo_out is None:
-        return
-    if default is None:
-        print("no scheme meets the privacy goals (or no attack record): the demo model is left as it is", flush=True)
-        return
-    rec = next(r for r in records if r["name"] == default["run"])
-    miou = next(x["miou"] for x in rec["results"] if x["scheme"] == default["scheme"])
-    plain = next(x["miou"] for r in records if r["name"] == "setr-plain" for x in r["results"] if x["test"] == "none")
-    write_demo_asset(
-        Path(rec["config"]["run"]["out"]) / "model.safetensors", Path(demo_out), name=f"streets-{rec['name']}",
-        scheme=default["scheme"], scene_size=budget.size, val_miou=miou,
-        command=f"encseg experiment --budget {budget.name} --demo-out {demo_out}", data_root=data_root,
-        run=rec["name"], plain_val_miou=plain, schemes=_scheme_descriptors(rec, default["scheme"]),
-        invariances=list(SETRConfig.from_dict(rec["config"]["model"]).invariances),
-        data={"generator_seed": budget.data_seed, "train": budget.n_train, "val": budget.n_val},
-    )  # fmt: skip
-    write_frontier_report(budget, records, data_root, results_md, chart, privacy, wall, demo_model_lines(demo_out))
+    default = choose_default(frontier_rows(records, load_privacy(privacy)))
+    if demo_out is not None and default is None:
+        print("no attack record: the demo model is left as it is", flush=True)
+    elif demo_out is not None:
+        rec = next(r for r in records if r["name"] == default["run"])
+        write_demo_asset(
+            Path(rec["config"]["run"]["out"]) / "model.safetensors", Path(demo_out), name=f"streets-{rec['name']}",
+            scheme=default["scheme"], scene_size=budget.size, val_miou=default["miou"],
+            command=f"encseg experiment --budget {budget.name} --privacy {privacy} --demo-out {demo_out}",
+            data_root=data_root, run=rec["name"], plain_val_miou=plain_miou(records),
+            schemes=_scheme_descriptors(rec, default["scheme"]),
+            invariances=list(SETRConfig.from_dict(rec["config"]["model"]).invariances),
+            data={"generator_seed": budget.data_seed, "train": budget.n_train, "val": budget.n_val},
+        )  # fmt: skip
+    lines = demo_model_lines(demo_out) if demo_out is not None and default is not None else []
+    write_frontier_report(budget, records, data_root, results_md, chart, privacy, wall, lines)
 
 
 # -- the report -----------------------------------------------------------------------------------

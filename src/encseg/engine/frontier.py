@@ -108,9 +108,14 @@ def passes(p: dict) -> bool | None:
 
 # -- the frontier table and chart -----------------------------------------------------------------
 
+def plain_miou(records: list[dict]) -> float | None:
+    """Plain SETR's mIoU on plain images (the frontier's reference), or None before that run exists."""
+    return next((x["miou"] for r in records if r["name"] == "setr-plain" for x in r["results"] if x["test"] == "none"), None)
+
+
 def frontier_rows(records: list[dict], privacy: dict[str, dict]) -> list[dict]:
     """Per scheme: the best per-image-key model and mIoU, the plain SETR's mIoU on it, privacy figures."""
-    plain = next((x["miou"] for r in records if r["name"] == "setr-plain" for x in r["results"] if x["test"] == "none"), None)
+    plain = plain_miou(records)
     rows = []
     for s in ALL_SCHEMES:
         best = None
@@ -118,10 +123,7 @@ def frontier_rows(records: list[dict], privacy: dict[str, dict]) -> list[dict]:
             if r["train"] != "per-image":
                 continue
             for x in r["results"]:
-                name = x["scheme"]  # a run trained on "NAME/BLOCK" records its scores under NAME
-                if name and r["scheme"] and "/" in r["scheme"] and r["scheme"].partition("/")[0] == name:
-                    name = r["scheme"]
-                if x["test"] == "per-image" and name == s and (best is None or x["miou"] > best[1]):
+                if x["test"] == "per-image" and x["scheme"] == s and (best is None or x["miou"] > best[1]):
                     best = (r, x["miou"])
         p = privacy_summary(privacy.get(s))
         rows.append({
@@ -234,7 +236,7 @@ def write_frontier_report(budget, records: list[dict], data_root: Path, path: Pa
     from encseg.engine.experiment import augmentation_text, streets_meta
 
     privacy = load_privacy(privacy_path)
-    plain = next((x["miou"] for r in records if r["name"] == "setr-plain" for x in r["results"] if x["test"] == "none"), None)
+    plain = plain_miou(records)
     rows = frontier_rows(records, privacy)
     default = choose_default(rows)
     meta = streets_meta(data_root)
@@ -277,7 +279,7 @@ def write_frontier_report(budget, records: list[dict], data_root: Path, path: Pa
     if plain_on:
         L += ["", "The plain SETR on per-image-key ciphertexts (no key-aware training): "
               + ", ".join(f"`{k}` {v:.1f}" for k, v in plain_on.items()) + "."]
-    L += ["", "## How these numbers were made", "", "```", f"encseg experiment --budget {budget.name}"
+    L += ["", "## How these numbers were made", "", "```", f"encseg experiment --budget {budget.name} --privacy {privacy_path}"
           + " --demo-out src/encseg/assets", "```", "",
           f"Budget `{budget.name}`: each run trains from scratch on one CPU thread ({augmentation_text(d)}, batch "
           f"{cfg['run']['batch_size']}, {o['name']} lr {o['lr']}, poly, {o['warmup_steps']} warm-up steps, "
