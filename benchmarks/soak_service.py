@@ -50,6 +50,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (from /proc/PID/stat), 0.0 once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 def rss_kib(pid: int) -> int:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -199,9 +208,14 @@ def percentile(xs: list[float], q: float) -> float:
     return float(np.percentile(xs, q)) if xs else float("nan")
 
 
-def attackers(url: str, port: int, seconds: float, valid: bytes, hostile: int, slow: int, max_requests: int, out) -> None:
+def attackers(url: str, port: int, seconds: float, valid: bytes, hostile: int, slow: int, max_requests: int, out,
+              niceness: int = 0) -> None:
     """The hostile and slow clients, in their own process (so their work never delays the honest
-    clients' event loop, only the server): puts (hostile statuses, slow outcomes) on `out`."""
+    clients' event loop, only the server): puts (hostile statuses, slow outcomes) on `out`.
+    `niceness`: the process's nice increment (a real attacker's client work runs on its own machine;
+    on a 2-core box it would otherwise take CPU from the server it attacks)."""
+    if niceness:
+        os.nice(niceness)
     corpus = hostile_corpus(valid)
     seen_hostile: Counter = Counter()
     seen_slow: Counter = Counter()
@@ -220,6 +234,7 @@ async def phase(url: str, pid: int, seconds: float, payloads: list[bytes], hones
     lat: list[float] = []
     errors: Counter = Counter()
     rss = [rss_kib(pid)]
+    cpu0, t0 = cpu_seconds(pid), time.monotonic()
 
     async def sample():
         while time.monotonic() < stop:
@@ -230,7 +245,8 @@ async def phase(url: str, pid: int, seconds: float, payloads: list[bytes], hones
     await asyncio.sleep(1.0)
     rss.append(rss_kib(pid))
     return {"requests": len(lat), "errors": dict(errors), "p50": percentile(lat, 50), "p99": percentile(lat, 99),
-            "rss_start": rss[0], "rss_peak": max(rss), "rss_end": rss[-1]}
+            "rss_start": rss[0], "rss_peak": max(rss), "rss_end": rss[-1],
+            "server_cpu": (cpu_seconds(pid) - cpu0) / (time.monotonic() - t0)}
 
 
 def main() -> int:
@@ -244,6 +260,8 @@ def main() -> int:
     ap.add_argument("--slow", type=int, default=60)
     ap.add_argument("--max-requests", type=int, default=5000, help="per client and phase")
     ap.add_argument("--threads", type=int, default=0, help="torch threads of the server (0: its default)")
+    ap.add_argument("--attacker-nice", type=int, default=0,
+                    help="nice increment of the attackers' process (their client work off the server's CPU share)")
     args = ap.parse_args()
     h, w = (int(v) for v in args.size.lower().split("x"))
     payloads = honest_payloads(8, (h, w), args.scheme)
@@ -272,10 +290,11 @@ def main() -> int:
         ctx = mp.get_context("spawn")
         queue = ctx.Queue()
         attack_proc = ctx.Process(target=attackers, args=(url, port, args.seconds, payloads[0], args.hostile, args.slow,
-                                                          args.max_requests, queue))
+                                                          args.max_requests, queue, args.attacker_nice))
         attack_proc.start()
         time.sleep(2.0)  # the attackers are running before the honest clients start
         attack = asyncio.run(phase(url, proc.pid, args.seconds - 2.0, payloads, args.honest, args.max_requests))
+        attack["attacker_cpu"] = cpu_seconds(attack_proc.pid) / args.seconds  # still running its last half second
         attack["hostile"], attack["slow"] = queue.get(timeout=args.seconds + 120)
         attack_proc.join(timeout=30)
         alive = httpx.get(url + "/healthz", timeout=10).status_code
@@ -293,9 +312,11 @@ def main() -> int:
     for name, r in (("baseline", base), ("under attack", attack)):
         print(f"  {name:13s} honest requests {r['requests']:5d}  errors {sum(r['errors'].values())} {r['errors'] or ''}  "
               f"p50 {r['p50'] * 1000:7.1f} ms  p99 {r['p99'] * 1000:7.1f} ms  "
-              f"RSS start/peak/end {r['rss_start'] // 1024}/{r['rss_peak'] // 1024}/{r['rss_end'] // 1024} MiB")
+              f"RSS start/peak/end {r['rss_start'] // 1024}/{r['rss_peak'] // 1024}/{r['rss_end'] // 1024} MiB  "
+              f"server CPU {r['server_cpu']:.2f} cores")
     print(f"  hostile ({args.hostile} clients): {sum(attack['hostile'].values())} requests, statuses {dict(sorted(attack['hostile'].items(), key=str))}")
     print(f"  slow ({args.slow} clients): {dict(attack['slow'])}")
+    print(f"  attackers' process: {attack['attacker_cpu']:.2f} cores (nice +{args.attacker_nice})")
     print(f"  5xx other than 503 to attackers: {five}; tracebacks in the server log: {tracebacks}; /healthz after: {alive}")
     ratio = attack["p99"] / base["p99"] if base["p99"] else float("nan")
     print(f"  p99 ratio attack/baseline: {ratio:.2f}x (goal <= 2x); honest errors: "

@@ -221,7 +221,8 @@ def train_inverse(
         value = float(loss.detach())
         ema = value if ema is None else 0.95 * ema + 0.05 * value
         tick(min(frac, 1.0))
-    seconds = time.perf_counter() - t0
+    # Rounded as the curve's rows are (rounding is monotone), so no row lies past the result's time.
+    seconds = round(time.perf_counter() - t0, 2)
     if not curve or curve[-1]["step"] != steps:
         evaluate(seconds)
     model.eval()
