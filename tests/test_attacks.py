@@ -228,16 +228,23 @@ def _all_plans(scheme: Scheme, nh: int, nw: int):
         perms_p = [expand_group_permutation(np.array(s), p, q) for s in itertools.permutations(range(q * q))]
     else:
         perms_p = [None]
+    if "block-pixel-shuffle" in names:  # one permutation of q*q positions per block
+        q = names["block-pixel-shuffle"].group or p
+        group, per_block = q, list(itertools.product(itertools.permutations(range(q * q)), repeat=n))
+    else:
+        group, per_block = None, [None]
     negs = list(itertools.product([False, True], repeat=n)) if "negative-positive" in names else [None]
     orders = list(itertools.product(range(6), repeat=n)) if "channel-shuffle" in names else [None]
-    for b, px, ng, od in itertools.product(perms_b, perms_p, negs, orders):
+    for b, px, bp, ng, od in itertools.product(perms_b, perms_p, per_block, negs, orders):
         yield Plan(p, (nh, nw), None if b is None else np.array(b), px,
-                   None if ng is None else np.array(ng), None if od is None else np.array(od), {})
+                   None if ng is None else np.array(ng), None if od is None else np.array(od), {},
+                   None if bp is None else np.array(bp), group)
 
 
 @pytest.mark.parametrize(
     "code,p,nh,nw",
-    [("bs", 1, 2, 2), ("bs-np-cs", 2, 1, 2), ("ps-np-cs", 2, 1, 1), ("bs-ps2-np", 4, 1, 2), ("bs-ps-np-cs", 2, 1, 2)],
+    [("bs", 1, 2, 2), ("bs-np-cs", 2, 1, 2), ("ps-np-cs", 2, 1, 1), ("bs-ps2-np", 4, 1, 2), ("bs-ps-np-cs", 2, 1, 2),
+     ("bs-psb-np", 2, 1, 2), ("psb2-cs", 4, 1, 1)],
 )
 def test_keyspace_formula_matches_enumeration_of_every_ciphertext(code, p, nh, nw):
     scheme = Scheme.parse(code, block_size=p)
@@ -290,6 +297,23 @@ def test_pixel_shuffle_adjacency_leaks_from_one_textured_ciphertext_but_not_from
         noise = encrypt(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8), key, scheme).data
         assert stats.pixel_adjacency_leak(noise, 8, pixel_src) < 0.5
     assert math.isnan(stats.pixel_adjacency_leak(smooth, 8, None))
+
+
+def test_one_permutation_per_block_leaks_only_what_each_block_says_of_itself():
+    # psb: positions do not correspond across blocks, so the score is each block's own (a block of a
+    # smooth image still says something of its own arrangement; noise says nothing)
+    key = fixed_key(14)
+    scheme = Scheme.parse("bs-psb-np-cs", block_size=8)
+    plan = make_plan(key, scheme, 8, 8)
+    assert plan.pixel_src is None and plan.block_pixel_src is not None
+    smooth = encrypt(textured_image(64, 64, 2), key, scheme).data
+    noise = encrypt(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8), key, scheme).data
+    own = stats.pixel_adjacency_leak(smooth, 8, None, plan.block_pixel_src)
+    assert 0.3 < own <= 1.0
+    assert stats.pixel_adjacency_leak(noise, 8, None, plan.block_pixel_src) < 0.3
+    # the same ciphertext scored as if its blocks shared one permutation finds far less
+    shared_guess = stats.pixel_adjacency_leak(smooth, 8, plan.block_pixel_src[0])
+    assert shared_guess < own
 
 
 # -- canonical blocks and the assignment solver -------------------------------------------------------

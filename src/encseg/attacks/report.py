@@ -132,9 +132,10 @@ def write_report(out: Path, summaries: list[dict], meta: dict) -> Path:
         f"Machine: {meta['machine']}; torch threads {meta['threads']}; wall time {meta['seconds']:.0f} s "
         f"({meta['seconds'] / 60:.1f} min).", "",
         "## Privacy goals per scheme", "",
-        "Best over the block-placement attacks (jigsaw, PS leak + jigsaw, model probe, model-feature jigsaw); "
-        "leakage: the largest over every per-image-key attack (named); probe: exact-cell accuracy of the position "
-        "probe on the model's features, in multiples of chance.", "",
+        "Direct / neighbour: the best jigsaw solver (MGC compatibility, after the PS-leak step where it applies, "
+        "and with the model's features as compatibility); leakage: the largest over every per-image-key attack "
+        "(named), the position probe's reassembly included; probe: exact-cell accuracy of the position probe on the "
+        "model's features, in multiples of chance (its controls are in the probe section below).", "",
         "| scheme | direct (x chance) | neighbour | max leakage (attack) | probe (x chance) | shared key broken | "
         "direct <= 2x | neighbour <= 0.10 | leakage <= 0.10 | goals |",
         "|---|---|---|---|---|---|---|---|---|---|",

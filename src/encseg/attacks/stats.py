@@ -16,7 +16,7 @@ def keyspace_terms(scheme: Scheme, height: int, width: int) -> dict[str, float]:
     """log2 of the number of distinct draws of each step for a (padded) height x width image.
 
     With n = (H/p)(W/p) blocks: BS n!, PS (p^2)! (one permutation per image; (q^2)! when restricted
-    to q x q sub-blocks), NP 2^n, CS 6^n. Every draw gives a different transformation and the
+    to q x q sub-blocks), PSB ((p^2)!)^n (one per block; ((q^2)!)^n restricted), NP 2^n, CS 6^n. Every draw gives a different transformation and the
     steps act on independent coordinates (which block, where in the block, sign, channel order), so
     for an image with pairwise-distinct pixels the count of distinct ciphertexts is the product.
     Images with repeated content (flat areas) have fewer.
@@ -30,6 +30,9 @@ def keyspace_terms(scheme: Scheme, height: int, width: int) -> dict[str, float]:
         elif step.name == "pixel-shuffle":
             q = step.group or p
             terms[step.code] = math.lgamma(q * q + 1) / math.log(2)
+        elif step.name == "block-pixel-shuffle":  # one permutation per block (format v2)
+            q = step.group or p
+            terms[step.code] = n * math.lgamma(q * q + 1) / math.log(2)
         elif step.name == "negative-positive":
             terms[step.code] = float(n)
         elif step.name == "channel-shuffle":
@@ -87,16 +90,29 @@ def histogram_distance(a: np.ndarray, b: np.ndarray, bins: int = 32) -> float:
     return float(0.5 * np.abs(hist(a) - hist(b)).sum())
 
 
-def pixel_adjacency_leak(enc: np.ndarray, p: int, pixel_src: np.ndarray | None) -> float:
+def pixel_adjacency_leak(enc: np.ndarray, p: int, pixel_src: np.ndarray | None,
+                         block_pixel_src: np.ndarray | None = None) -> float:
     """How much one ciphertext tells about its pixel-shuffle permutation: the fraction of pixel
     positions whose most similar position (mean over all blocks of sum_c |x_a - x_b|, a distance NP
     and CS leave unchanged) is a true 4-neighbour in the plain block. PS draws one permutation per
     image, shared by all its blocks, so every block is a sample of the same unknown arrangement.
-    nan when the scheme does not shuffle pixels (`pixel_src` None)."""
-    if pixel_src is None:
-        return float("nan")
+
+    With one permutation per block (`block_pixel_src`, format v2 PSB) positions do not correspond
+    across blocks, so each block is its own (single) sample: the distance is that block's own, and
+    the fraction is the mean over blocks. nan when the scheme does not shuffle pixels."""
     H, W = enc.shape[:2]
     b = np.asarray(enc, np.float64).reshape(H // p, p, W // p, p, 3).swapaxes(1, 2).reshape(-1, p * p, 3)
+    if block_pixel_src is not None:
+        hits = []
+        for blk, src in zip(b.astype(np.float32), np.asarray(block_pixel_src)):
+            d = np.abs(blk[:, None, :] - blk[None, :, :]).sum(axis=2)
+            np.fill_diagonal(d, np.inf)
+            nearest = d.argmin(axis=1)
+            r, c = np.divmod(src, p)
+            hits.append(np.mean(np.abs(r - r[nearest]) + np.abs(c - c[nearest]) == 1))
+        return float(np.mean(hits))
+    if pixel_src is None:
+        return float("nan")
     d = np.zeros((p * p, p * p))
     for c in range(3):
         x = b[:, :, c]
