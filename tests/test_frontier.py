@@ -53,6 +53,42 @@ def test_report_and_chart_are_written_with_every_scheme(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_rescore_rebuilds_the_report_from_frontier_json_against_another_record(tmp_path):
+    import pytest
+
+    from encseg.engine.experiment import run_experiment
+    from encseg.errors import UserError
+
+    budget = BUDGETS["cpu-frontier"]
+    runs = plan_runs(budget, tmp_path / "data", tmp_path / "runs")
+    recs = [{"name": r.name, "model": r.model, "train": r.train, "scheme": r.scheme, "steps": r.cfg.run.steps,
+             "train_seconds": 1.0, "config": r.cfg.to_dict(),
+             "results": [{"test": m, "scheme": s, "miou": 10.0 + i} for i, (m, s) in enumerate(r.evals)]} for r in runs]
+    first = tmp_path / "first" / "results.md"
+    first.parent.mkdir()
+    write_frontier_report(budget, recs, tmp_path / "data", first, first.with_suffix(".png"), tmp_path / "none.json",
+                          "the wall line", [])
+    saved = json.loads((first.parent / "frontier.json").read_text())
+    assert saved["default"] is None and len(saved["records"]) == len(runs)
+    priv = tmp_path / "record.json"
+    priv.write_text(json.dumps({"schemes": [
+        {"scheme": "bs-np-cs", "goals": {"direct": False}}, {"scheme": "bs-psb-np-cs", "goals": {"direct": True}}]}))
+    md = tmp_path / "again" / "results.md"
+    md.parent.mkdir()
+    run_experiment("cpu-frontier", tmp_path / "nothing", None, md, md.with_suffix(".png"), privacy=priv,
+                   rescore=first.parent / "frontier.json")
+    again = json.loads((md.parent / "frontier.json").read_text())
+    assert again["default"]["scheme"] == "bs-psb-np-cs" and again["records"] == saved["records"]
+    text = md.read_text()
+    assert "the wall line" in text and "--rescore" in text and "**Default scheme: `bs-psb-np-cs`**" in text
+    assert not (tmp_path / "nothing").exists()  # nothing trained, no run folder made
+    with pytest.raises(UserError, match="not a frontier.json"):
+        run_experiment("cpu-frontier", tmp_path, None, md, md.with_suffix(".png"), privacy=priv, rescore=priv)
+    with pytest.raises(UserError, match="no attack record"):
+        run_experiment("cpu-frontier", tmp_path, None, md, md.with_suffix(".png"), privacy=tmp_path / "none.json",
+                       rescore=first.parent / "frontier.json")
+
+
 def test_every_frontier_model_claims_the_schemes_it_is_trained_and_scored_on():
     for c in CANDIDATES:
         if c.train != "per-image":

@@ -241,10 +241,13 @@ def ensure_data(budget: Budget, root: Path) -> Path:
 
 def run_experiment(budget_name: str, out: Path, data: Path | None, results_md: Path, chart: Path,
                    demo_out: Path | None = None, only: list[str] | None = None,
-                   privacy: Path = Path("docs/attack-record/results.json")) -> list[dict]:  # fmt: skip
+                   privacy: Path = Path("docs/attack-record/results.json"),
+                   rescore: Path | None = None) -> list[dict]:  # fmt: skip
     if budget_name not in BUDGETS:
         raise UserError(f"unknown budget {budget_name!r}; budgets: {', '.join(BUDGETS)}")
     budget = BUDGETS[budget_name]
+    if rescore is not None:
+        return rescore_frontier(budget, Path(rescore), data, results_md, chart, demo_out, privacy)
     t0 = time.perf_counter()
     out = Path(out) / budget.name
     data_root = ensure_data(budget, Path(data) if data else Path("data") / f"streets-{budget.data_name or budget.name}")
@@ -298,6 +301,38 @@ def run_experiment(budget_name: str, out: Path, data: Path | None, results_md: P
     write_report(budget, ordered, data_root, results_md, chart, total_s, t_data, demo_out, trained)
     print(f"wrote {results_md} and {chart} ({total_s / 60:.1f} min)", flush=True)
     return ordered
+
+
+def rescore_frontier(budget: Budget, source: Path, data: Path | None, results_md: Path, chart: Path,
+                     demo_out: Path | None, privacy: Path) -> list[dict]:  # fmt: skip
+    """The frontier report of an earlier invocation's runs (its frontier.json) against another attack
+    record: nothing is trained or scored again, the mIoU figures and wall time are that invocation's."""
+    from encseg.engine.frontier import choose_default, frontier_rows, load_privacy, load_rescore, write_frontier_report
+
+    if not budget.frontier:
+        raise UserError(f"--rescore rebuilds a frontier report; budget {budget.name!r} has none")
+    if demo_out is not None:
+        raise UserError("--rescore trains nothing, so it exports no demo model (drop --demo-out)")
+    if not Path(privacy).is_file():
+        raise UserError(f"no attack record at {privacy}")
+    records, wall = load_rescore(source)
+    data_root = Path(data) if data else Path("data") / f"streets-{budget.data_name or budget.name}"
+    default = choose_default(frontier_rows(records, load_privacy(privacy)))
+    lines = ["", f"Rescored with `encseg experiment --budget {budget.name} --rescore {source} --privacy {privacy}`: the "
+             "mIoU figures and run table are those of the invocation above; the privacy columns and the default come "
+             f"from `{privacy}`."]  # fmt: skip
+    from encseg.demo import DEMO_CHECKPOINT
+
+    shipped = DEMO_CHECKPOINT.with_suffix(".json")
+    if shipped.is_file():
+        run = (json.loads(shipped.read_text()).get("extra") or {}).get("run")
+        if default is not None and run != default["run"]:
+            print(f"the shipped demo model is run {run!r}; the new default {default['scheme']!r} is best served by run "
+                  f"{default['run']!r}: export it with a training invocation (--demo-out)", flush=True)
+        lines += demo_model_lines(None)
+    write_frontier_report(budget, records, data_root, results_md, chart, privacy, wall, lines)
+    print(f"wrote {results_md} and {chart} from {source} and {privacy}", flush=True)
+    return records
 
 
 def _scheme_descriptors(rec: dict, first: str) -> list[dict]:

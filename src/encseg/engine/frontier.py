@@ -296,5 +296,24 @@ def write_frontier_report(budget, records: list[dict], data_root: Path, path: Pa
           "per-image-key, without canonical blocks) is kept in [results-cpu-small.md](results-cpu-small.md).", ""]
     path.write_text("\n".join(L))
     draw_frontier(rows, plain, chart)
-    (path.parent / "frontier.json").write_text(json.dumps({"plain": plain, "rows": rows, "default": default}, indent=2) + "\n")
+    keep = ("name", "model", "train", "scheme", "steps", "train_seconds", "results", "config")
+    (path.parent / "frontier.json").write_text(json.dumps({
+        "plain": plain, "rows": rows, "default": default, "privacy": str(privacy_path), "wall": wall,
+        "records": [{k: r.get(k) for k in keep} for r in records],  # what `--rescore` rebuilds this report from
+    }, indent=2) + "\n")  # fmt: skip
     return default
+
+
+def load_rescore(path: Path) -> tuple[list[dict], str]:
+    """(run records, wall-time line) of an earlier frontier report's frontier.json, for rebuilding the
+    report against another attack record without training anything."""
+    from encseg.errors import UserError
+
+    try:
+        data = json.loads(Path(path).read_text())
+        records, wall = data["records"], data["wall"]
+        if not isinstance(records, list) or not records or not all(isinstance(r, dict) and "results" in r for r in records):
+            raise ValueError("no run records")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"{path}: not a frontier.json with run records ({type(exc).__name__}: {exc})"[:300]) from None
+    return records, str(wall)
