@@ -134,6 +134,10 @@ def random_jpeg(image: np.ndarray, rng: np.random.Generator, quality: tuple[int,
     return jpeg_roundtrip(image, int(rng.integers(quality[0], quality[1] + 1)))
 
 
+def _chw(image: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+
+
 class TrainTransform:
     """Augment, encrypt (optional `cipher`: an `encseg.cipher.CipherTransform`), JPEG-compress the
     result at a random quality in `jpeg_quality` = (lo, hi) if given, and make tensors.
@@ -141,17 +145,43 @@ class TrainTransform:
     Called by the dataset as `transform(image, label, (epoch, index))`; returns (uint8 image
     tensor [3, H, W], int64 label tensor [H, W]). Normalisation happens on the device, so batches
     travel between processes as bytes. Picklable for loader workers.
+
+    With `geometry=True` (distillation from a plain teacher, docs/training.md) it also returns the
+    augmented plain crop (uint8 [3, H, W], flipped exactly as the ciphertext was) and `where`
+    (int64 [H*W]): encrypted pixel i came from plain pixel where[i], so `plain_map.flatten()[where]`
+    is any plain-geometry map (the label map, a teacher's logits) in this sample's encrypted
+    geometry. `where` is computed by passing an index map through the cipher as its "label map",
+    so the key never leaves the cipher; it is a function of the key, used for one training step
+    in memory and never logged or stored.
     """
 
-    def __init__(self, cfg: AugmentConfig, cipher=None, seed: int = 0, jpeg_quality: tuple[int, int] | None = None) -> None:
+    def __init__(self, cfg: AugmentConfig, cipher=None, seed: int = 0, jpeg_quality: tuple[int, int] | None = None,
+                 geometry: bool = False) -> None:  # fmt: skip
         self.cfg, self.cipher, self.seed = cfg, cipher, int(seed)
         self.jpeg_quality = None if jpeg_quality is None else (int(jpeg_quality[0]), int(jpeg_quality[1]))
+        self.geometry = bool(geometry)
 
     def __call__(self, image: np.ndarray, label: np.ndarray, sample_id: tuple[int, int]):
         rng = np.random.default_rng([self.seed, int(sample_id[0]), int(sample_id[1])])
         image, label = augment(image, label, self.cfg, rng)
+        if self.geometry:
+            return self._with_geometry(image, label, rng)
         if self.cipher is not None:
             image, label = self.cipher(image, label)
         if self.jpeg_quality is not None:  # after encryption, as a client would
             image = random_jpeg(image, rng, self.jpeg_quality)
-        return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))), torch.from_numpy(label.astype(np.int64))
+        return _chw(image), torch.from_numpy(label.astype(np.int64))
+
+    def _with_geometry(self, image: np.ndarray, label: np.ndarray, rng: np.random.Generator):
+        plain = image
+        h, w = label.shape
+        where = np.arange(h * w, dtype=np.int64).reshape(h, w)
+        if self.cipher is not None:
+            image, where = self.cipher(image, where)  # the same key moves the pixels and the index map
+            if where.shape != (h, w):  # padding would give made-up indices; crops are multiples of the block
+                raise ValueError(f"a {h}x{w} crop is not a multiple of the cipher's block size")
+        where = where.reshape(-1)
+        label = label.reshape(-1)[where].reshape(h, w)  # == the cipher's own label map under that key
+        if self.jpeg_quality is not None:
+            image = random_jpeg(image, rng, self.jpeg_quality)
+        return _chw(image), torch.from_numpy(label.astype(np.int64)), _chw(plain), torch.from_numpy(where)

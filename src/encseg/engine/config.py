@@ -1,7 +1,8 @@
 """Training configuration: dataclasses, named presets, TOML files and `--set section.key=value` overrides.
 
-A TOML file has the sections [model] (any `SETRConfig` field), [data], [encryption], [optim] and
-[run]; a top-level `preset = "NAME"` starts from a preset and the file overrides it:
+A TOML file has the sections [model] (any `SETRConfig` field), [data], [encryption], [optim],
+[run] and, optionally, [distill]; a top-level `preset = "NAME"` starts from a preset and the file
+overrides it:
 
     preset = "streets-cpu"
     [encryption]
@@ -80,12 +81,27 @@ class RunConfig:
 
 
 @dataclass
+class DistillConfig:
+    """Distillation from a plain teacher (off unless `teacher` is set; docs/training.md, "Probes").
+
+    The teacher (a model checkpoint, normally SETR trained on plain images) sees each sample's plain
+    crop; its logits, moved into the sample's encrypted geometry with the sample's own key, are soft
+    targets: loss = CE + weight * T^2 * KL(softmax(teacher / T) || softmax(student / T)) over the
+    labelled pixels."""
+
+    teacher: str | None = None  # model.safetensors of the teacher; None: no distillation
+    weight: float = 1.0
+    temperature: float = 2.0
+
+
+@dataclass
 class TrainConfig:
     model: SETRConfig = field(default_factory=SETRConfig)
     data: DataConfig = field(default_factory=DataConfig)
     encryption: EncryptionConfig = field(default_factory=EncryptionConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
     def validate(self) -> "TrainConfig":
         e, o, r, d = self.encryption, self.optim, self.run, self.data
@@ -105,6 +121,14 @@ class TrainConfig:
             raise UserError(f"data.crop {list(d.crop)} must be a multiple of the patch size {p}")
         if e.mode != "none":
             self.scheme()  # parses and validates
+        k = self.distill
+        if k.teacher is not None:
+            if not isinstance(k.teacher, str) or not k.teacher:
+                raise UserError(f"distill.teacher is the path of a model checkpoint (got {k.teacher!r})")
+            if not (isinstance(k.weight, (int, float)) and k.weight >= 0):
+                raise UserError(f"distill.weight must be >= 0 (got {k.weight!r})")
+            if not (isinstance(k.temperature, (int, float)) and k.temperature > 0):
+                raise UserError(f"distill.temperature must be > 0 (got {k.temperature!r})")
         if e.jpeg_quality is not None:
             q = e.jpeg_quality
             if len(q) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in q) or not 1 <= q[0] <= q[1] <= 100:
@@ -121,6 +145,8 @@ class TrainConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["model"] = self.model.to_dict()
+        if self.distill.teacher is None:  # off: the dict (and so every stored run record) is unchanged
+            del d["distill"]
         return _lists(d)
 
     @classmethod
@@ -139,7 +165,7 @@ def _lists(x):
     return x
 
 
-SECTIONS = ("model", "data", "encryption", "optim", "run")
+SECTIONS = ("model", "data", "encryption", "optim", "run", "distill")
 
 
 def _coerce(current: Any, value: Any, name: str) -> Any:

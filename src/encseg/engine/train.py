@@ -10,6 +10,11 @@ loop over optimizer steps. What makes `--resume` continue exactly where a run st
 - on resume the CSV log is cut back to the checkpoint's step, so no step appears twice.
 Per-image keys are drawn from the OS CSPRNG and are never reproducible, by design: a resumed
 encrypted run sees the same crops as an uninterrupted one, under different keys.
+
+Optional distillation (`cfg.distill`): a plain teacher's logits on each sample's plain crop, moved
+into the sample's encrypted geometry, are soft targets beside the labels (`soft_targets`,
+`distill_loss`). The loader returns the geometry as a gather index made inside the cipher; no key
+reaches this process.
 """
 
 from __future__ import annotations
@@ -230,9 +235,47 @@ def make_cipher(cfg: TrainConfig, create_key: bool):
 
 
 def build_train_set(cfg: TrainConfig, cipher) -> CityscapesDataset:
+    """The training set; with distillation on, each sample also carries its plain crop and geometry."""
     d = cfg.data
     aug = AugmentConfig(d.crop, d.base_size, d.ratio_range, d.cat_max_ratio, d.flip_prob, d.photometric)
-    return CityscapesDataset(d.root, d.split, transform=TrainTransform(aug, cipher, cfg.run.seed, cfg.encryption.jpeg_quality))
+    transform = TrainTransform(aug, cipher, cfg.run.seed, cfg.encryption.jpeg_quality, geometry=cfg.distill.teacher is not None)
+    return CityscapesDataset(d.root, d.split, transform=transform)
+
+
+# -- distillation from a plain teacher ---------------------------------------------------------------
+
+
+def load_teacher(cfg: TrainConfig, device: torch.device) -> nn.Module | None:
+    """The frozen teacher of `cfg.distill` (eval mode, no gradients), or None when distillation is off."""
+    if cfg.distill.teacher is None:
+        return None
+    teacher, tcfg, _ = load_checkpoint(cfg.distill.teacher, device=device)
+    if tcfg.num_classes != cfg.model.num_classes:
+        raise UserError(f"distill.teacher has {tcfg.num_classes} classes, the model {cfg.model.num_classes}")
+    teacher.requires_grad_(False)
+    return teacher.eval()
+
+
+def soft_targets(teacher: nn.Module, plain: torch.Tensor, where: torch.Tensor, size: tuple[int, int], autocast) -> torch.Tensor:
+    """The teacher's logits on the plain crops (uint8 [B, 3, H, W]), moved into each sample's encrypted
+    geometry: out[b, :, i] = logits[b, :, where[b, i]] over the H*W pixels (float32 [B, C, H, W])."""
+    with torch.no_grad(), autocast:
+        logits = teacher(normalize(plain))
+    logits = logits.float()
+    if tuple(logits.shape[-2:]) != tuple(size):
+        logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+    b, c, h, w = logits.shape
+    return logits.reshape(b, c, h * w).gather(2, where.reshape(b, 1, h * w).expand(b, c, h * w)).reshape(b, c, h, w)
+
+
+def distill_loss(student: torch.Tensor, targets: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
+    """T^2 x KL(softmax(targets / T) || softmax(student / T)), averaged over the labelled pixels."""
+    t = float(temperature)
+    log_s = F.log_softmax(student.float() / t, dim=1)
+    log_t = F.log_softmax(targets.float() / t, dim=1)
+    kl = (log_t.exp() * (log_t - log_s)).sum(dim=1)  # [B, H, W]
+    keep = labels != IGNORE_INDEX
+    return t * t * (kl[keep].mean() if keep.any() else kl.sum() * 0.0)
 
 
 def native_bf16(device: torch.device) -> bool:
@@ -279,6 +322,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_af
 
     torch.manual_seed(r.seed)  # the same initial weights in every process
     model = distributed.convert_norms(build_setr(cfg.model), d).to(d.device)
+    teacher = load_teacher(cfg, d.device)
     opt = make_optimizer(model, cfg)
     start = 0
     if resume and (out / "latest.json").exists():
@@ -332,12 +376,20 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_af
                     g["lr"] = g["base_lr"] * factor
                 step_loss = step_main = 0.0
                 for micro in range(r.accum):
-                    images, labels = next(batches)
-                    x = normalize(images.to(d.device, non_blocking=True))
-                    y = labels.to(d.device, non_blocking=True)
+                    batch = next(batches)
+                    x = normalize(batch[0].to(d.device, non_blocking=True))
+                    y = batch[1].to(d.device, non_blocking=True)
+                    targets = None
+                    if teacher is not None:  # batch[3]: the geometry, used for this step only
+                        plain, where = batch[2].to(d.device), batch[3].to(d.device)
+                        targets = soft_targets(teacher, plain, where, tuple(y.shape[-2:]), autocast)
+                        del where, batch
                     sync = micro == r.accum - 1 or not d.enabled
                     with (contextlib.nullcontext() if sync else net.no_sync()), autocast:
-                        loss, main = segmentation_loss(net(x), y, aux_w, weight)
+                        pred = net(x)
+                        loss, main = segmentation_loss(pred, y, aux_w, weight)
+                        if targets is not None:
+                            loss = loss + cfg.distill.weight * distill_loss(pred["out"], targets, y, cfg.distill.temperature)
                         (loss / r.accum).backward()
                     step_loss += loss.item() / r.accum
                     step_main += main.item() / r.accum
