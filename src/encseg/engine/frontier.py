@@ -261,6 +261,7 @@ def write_frontier_report(budget, records: list[dict], data_root: Path, path: Pa
         "[security.md](security.md)).",
         "",
     ]
+    path.parent.mkdir(parents=True, exist_ok=True)
     L += frontier_table(rows, plain)
     L += ["", f"![privacy-accuracy frontier]({chart.name})", ""]
     if default is not None and default["all_goals"]:
