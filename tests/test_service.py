@@ -88,6 +88,8 @@ def test_info_reports_model_classes_palette_block_size_and_schemes(client):
     assert info["block_size"] == 16 and info["scheme_names"] == ["bs-np-cs"]
     assert Scheme.from_dict(info["schemes"][0]) == SCHEME
     assert info["limits"]["max_pixels"] == Limits().max_pixels and "bs-ps-np-cs" in info["presets"]
+    # the cipher versions it accepts (v2: block-pixel-shuffle); format_version stays the metadata object's 1
+    assert info["format_versions"] == [1, 2] and info["format_version"] == 1
     assert client.get("/healthz").json() == {"status": "ok"}
     spec = client.get("/openapi.json").json()
     assert "/v1/segment" in spec["paths"] and client.get("/docs").status_code == 200

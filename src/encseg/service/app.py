@@ -34,7 +34,7 @@ from starlette.requests import ClientDisconnect
 
 from encseg import __version__
 from encseg.cipher import DEFAULT_SCHEME, PRESETS
-from encseg.cipher.scheme import FORMAT_VERSIONS, STEP_NAMES
+from encseg.cipher.scheme import FORMAT_VERSION, FORMAT_VERSIONS, STEP_NAMES
 from encseg.cipher.io import encode_png, metadata_text
 from encseg.errors import UserError
 from encseg.service.batching import MicroBatcher, QueueFull, QueueTimeout
@@ -93,7 +93,10 @@ class ModelDescription(BaseModel):
 
 class Info(BaseModel):
     service: str
-    format_version: int
+    format_version: int = Field(description="version of an encrypted file's metadata object (encryption-format "
+                                            "section 8): 1, unchanged by format v2; kept for older clients")
+    format_versions: list[int] = Field(description="cipher format versions this service accepts: the scheme "
+                                                   "descriptor's `version` (1, and 2 for block-pixel-shuffle)")
     model: ModelDescription
     classes: list[str]
     palette: list[list[int]]
@@ -650,7 +653,8 @@ def create_app(segmenter: Segmenter, config: ServiceConfig = ServiceConfig()) ->
         service's limits, queue and timeouts."""
         return Info(
             service="encseg",
-            format_version=1,
+            format_version=FORMAT_VERSION,
+            format_versions=list(FORMAT_VERSIONS),
             model=ModelDescription(name=info.name, num_classes=info.num_classes, patch_size=info.patch_size,
                                    key_mode=info.key_mode, config=info.config, trained_on=info.trained_on),
             classes=info.class_names,
