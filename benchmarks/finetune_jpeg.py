@@ -6,7 +6,11 @@ procedural street benchmark (not Cityscapes); score the result with `encseg eval
 script: it reuses the training loop's pieces (config, data, loss, optimizer, checkpoint format).
 
     .venv/bin/python benchmarks/finetune_jpeg.py --data /tmp/transport-data --out /tmp/transport-ft \
-        [--checkpoint src/encseg/assets/demo.safetensors --quality 50,95 --minutes 9 --lr 2e-4]
+        [--checkpoint src/encseg/assets/demo.safetensors --scheme bs-psb-np-cs --quality 50,95 --minutes 9 --lr 2e-4]
+
+The scheme defaults to the one the checkpoint is exported for (`extra.encryption.scheme`, what a
+client sends it), not the one its own training run used (`train_config`), which can differ: the
+shipped demo model was trained on bs-ps-np-cs and is served for bs-psb-np-cs.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ def main() -> None:
     ap.add_argument("--checkpoint", default="src/encseg/assets/demo.safetensors")
     ap.add_argument("--data", required=True, help="street benchmark folder the model was trained on (its train split)")
     ap.add_argument("--out", required=True)
+    ap.add_argument("--scheme", default=None, help="cipher scheme of the training samples (default: the checkpoint's served scheme)")
     ap.add_argument("--quality", default="50,95", help="lo,hi of the random JPEG quality")
     ap.add_argument("--minutes", type=float, default=9.0, help="wall-clock budget of the training loop")
     ap.add_argument("--max-steps", type=int, default=100000)
@@ -44,7 +49,8 @@ def main() -> None:
     d = dict(extra["train_config"])
     lo, hi = (int(v) for v in args.quality.split(","))
     d["data"] = dict(d["data"], root=args.data, workers=0)
-    d["encryption"] = dict(d["encryption"], jpeg_quality=[lo, hi])
+    scheme = args.scheme or (extra.get("encryption") or {}).get("scheme") or d["encryption"]["scheme"]
+    d["encryption"] = dict(d["encryption"], scheme=scheme, jpeg_quality=[lo, hi])
     d["run"] = dict(d["run"], threads=1, seed=args.seed, out=args.out)
     cfg = TrainConfig.from_dict(d)
     dataset = build_train_set(cfg, make_cipher(cfg, create_key=False))
@@ -82,12 +88,12 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     new_extra = dict(extra, train_config=cfg.to_dict(), name=f"{extra.get('name', 'model')}-jpeg-finetuned",
                      finetune={"from": str(args.checkpoint), "steps": step, "seconds": round(seconds, 1),
-                               "jpeg_quality": [lo, hi], "lr": args.lr, "threads": 1,
+                               "jpeg_quality": [lo, hi], "scheme": scheme, "lr": args.lr, "threads": 1,
                                "command": "benchmarks/finetune_jpeg.py"})
     new_extra.pop("val_miou_per_image_keys", None)  # not measured for this model
     model.eval()
     path = save_checkpoint(out / "model.safetensors", model, extra=new_extra)
-    print(f"fine-tuned {step} steps ({seconds:.0f}s, 1 thread, JPEG quality {lo}-{hi}) -> {path}")
+    print(f"fine-tuned {step} steps ({seconds:.0f}s, 1 thread, scheme {scheme}, JPEG quality {lo}-{hi}) -> {path}")
 
 
 if __name__ == "__main__":

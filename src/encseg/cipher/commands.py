@@ -27,7 +27,9 @@ from encseg.cipher.scheme import DEFAULT_SCHEME, PRESETS, Scheme
 from encseg.cipher.transform import decrypt, decrypt_mask, encrypt
 from encseg.errors import UserError
 
-_SCHEME_HELP = "preset (" + ", ".join(PRESETS) + ") or codes bs, ps, ps<q>, np, cs joined by '-'"
+_SCHEME_HELP = ("preset (" + ", ".join(PRESETS) + ") or codes joined by '-': bs (block scramble), "
+                "ps / ps<q> (one pixel permutation for every block; <q>: inside q x q sub-blocks), "
+                "psb / psb<q> (a pixel permutation per block, format v2), np, cs")
 
 
 def parse_size(text: str) -> tuple[int, int]:
