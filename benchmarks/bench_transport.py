@@ -12,10 +12,11 @@ server's (the PNG or JPEG header walk of encseg.service.validation, then decodin
 is encrypted JPEG bytes / plain JPEG bytes at the same quality (goal <= 1.5).
 
 mIoU at each setting comes from a separate command (`encseg evaluate --jpeg-quality Q`, see
-docs/benchmarks.md); pass its JSON files with --miou 'DIR/demo-*.json' to print them here as well.
+docs/benchmarks.md); pass its JSON files with --miou 'DIR/demo-*.json' to print them here as well
+(repeat --miou for a second model: one table per pattern).
 
     .venv/bin/python benchmarks/bench_transport.py [--scenes 3 --repeats 3 --qualities 95,90,75,50]
-        [--schemes bs-np-cs,bs-ps4-np-cs,bs-ps-np-cs] [--miou '/tmp/transport-eval/demo-*.json']
+        [--schemes bs-np-cs,bs-ps4-np-cs,bs-ps-np-cs,bs-psb-np-cs] [--miou 'DIR/demo-*.json' --miou 'DIR/ft-*.json']
 """
 
 from __future__ import annotations
@@ -111,8 +112,8 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=2048)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--qualities", default="95,90,75,50")
-    ap.add_argument("--schemes", default="bs-np-cs,bs-ps4-np-cs,bs-ps-np-cs")
-    ap.add_argument("--miou", default=None, help="glob of `encseg evaluate --json` files to summarise")
+    ap.add_argument("--schemes", default="bs-np-cs,bs-ps4-np-cs,bs-ps-np-cs,bs-psb-np-cs")  # the default scheme last
+    ap.add_argument("--miou", action="append", default=[], help="glob of `encseg evaluate --json` files to summarise (repeatable)")
     args = ap.parse_args()
     qualities = [int(q) for q in args.qualities.split(",")]
     schemes = [Scheme.parse(s.strip()) for s in args.schemes.split(",") if s.strip()]
@@ -175,8 +176,8 @@ def main() -> None:
         print(f"{'  (marker walk alone)':<26} {'':>3} {'':>7} {'':>7} {walk * 1e3:7.2f}")
     print("\nbytes goal (encrypted JPEG <= 1.5x plain JPEG 4:2:0 at the same quality): "
           + ", ".join(f"{s} q{q} {'met' if ok else 'missed'}" for s, q, ok in met))
-    if args.miou:
-        print_miou(args.miou)
+    for pattern in args.miou:
+        print_miou(pattern)
 
 
 if __name__ == "__main__":
