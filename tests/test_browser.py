@@ -168,6 +168,18 @@ def server():
 
 
 @pytest.fixture(scope="module")
+def demo_server():
+    """The shipped demo model (src/encseg/assets/demo.safetensors), as `encseg serve` runs it: the e2e
+    run and the screenshots show what a user sees, its real model statement included."""
+    torch.set_num_threads(1)
+    demo = Path(__file__).resolve().parents[1] / "src" / "encseg" / "assets" / "demo.safetensors"
+    app = RecordBodies(create_app(Segmenter.from_checkpoint(demo)))
+    with ServerThread(app) as srv:
+        srv.bodies = app.bodies
+        yield srv
+
+
+@pytest.fixture(scope="module")
 def tight_server():
     """Small limits, so images over them are cheap to make: 256 px a side, 64 Ki pixels, 120 kB bodies."""
     limits = Limits(max_body_bytes=120_000, max_pixels=256 * 256, max_side=256)
@@ -209,14 +221,14 @@ def corpus(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def page(node_runner, server, tight_server, slow_server, corpus, tmp_path_factory):
+def page(node_runner, server, demo_server, tight_server, slow_server, corpus, tmp_path_factory):
     """Every page scenario of run.mjs in one chromium: {scenario: result}."""
     if not Path(CHROMIUM).exists():
         pytest.skip(f"Debian's chromium is not installed at {CHROMIUM}")
     folder, expected = corpus
     other = server.url.replace("127.0.0.1", "localhost")
     spec = {
-        "e2e": {"url": server.url, "image": str(folder / "street.png"), "artefacts": str(ARTIFACTS)},
+        "e2e": {"url": demo_server.url, "image": str(folder / "street.png"), "artefacts": str(ARTIFACTS)},
         "plain": {"url": server.url, "image": str(folder / "small.png")},
         "race": {"url": server.url, "big": str(folder / "big.png"), "small": str(folder / "small.png")},
         "stale": {"url": server.url, "image": str(folder / "street.png"), "bad": str(folder / "notes.png"),
@@ -276,7 +288,8 @@ def test_page_cipher_reproduces_every_test_vector_byte_for_byte(node_runner, ser
 
 
 @needs_browser
-def test_page_end_to_end_matches_the_python_client_for_the_same_key(page, server, corpus):
+def test_page_end_to_end_matches_the_python_client_for_the_same_key(page, demo_server, corpus):
+    server = demo_server  # the shipped demo model
     out = result(page, "e2e")
     bodies = list(server.bodies)  # what the server received from the page (before the Python client adds its own)
     assert out["state"] == "done", f"{out['status']} / console: {out['console']}"
@@ -284,7 +297,7 @@ def test_page_end_to_end_matches_the_python_client_for_the_same_key(page, server
     assert (res["height"], res["width"]) == (70, 100)
     page_mask = np.frombuffer(bytes.fromhex(res["mask"]), np.uint8).reshape(70, 100)
     scheme = Scheme.from_dict(res["scheme"])
-    assert scheme == Scheme.parse("bs-ps-np-cs")  # the server's default_scheme, the one it was trained for
+    assert scheme == Scheme.parse(DEFAULT_SCHEME)  # the server's default_scheme: the demo model is trained for it
 
     img = read_image(corpus[0] / "street.png")
     key = Key.from_hex(res["key"])
@@ -479,10 +492,19 @@ def test_view_controls_downloads_and_zoom(page):
 
 
 @needs_browser
-def test_page_states_what_the_model_is(page):
-    model = result(page, "e2e")["model"]
+def test_page_states_what_the_model_is(page, demo_server):
+    import httpx
+
+    # the shipped demo model: the procedural street benchmark, not Cityscapes, and its validation mIoU with
+    # per-image keys, all read from the service's /v1/info (nothing about it is written into the page)
+    trained_on = httpx.get(demo_server.url + "/v1/info").json()["model"]["trained_on"]
+    demo = result(page, "e2e")["model"]
+    assert "procedural streets" in demo and "not Cityscapes photographs" in demo and DEFAULT_SCHEME in demo
+    assert f"with a fresh key per test image, is {trained_on['val_miou_per_image_keys']:.1f}%" in demo
+    assert result(page, "e2e")["formats"] == "v1, v2"  # the footer names the cipher versions the server accepts
+    model = result(page, "stale")["before"]["model"]  # the stand-in model records no training data
     assert "stand-in-1x1" in model and "bs-ps-np-cs" in model
-    assert "do not assume it is a Cityscapes model" in model  # the stand-in records no training data
+    assert "do not assume it is a Cityscapes model" in model
     recorded = result(page, "limits")["side"]["refused"]["model"]  # a server whose model records its data and score
     assert "procedural streets" in recorded and "not Cityscapes photographs" in recorded
     assert "with a fresh key per test image, is 12.5%" in recorded and "generator v5, 128x256 scenes" in recorded

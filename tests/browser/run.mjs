@@ -80,6 +80,7 @@ async function snapshot(page) {
       schemeNote: $("scheme-note").textContent,
       encryptedCaption: $("encrypted-caption").textContent,
       model: $("model-statement").textContent,
+      formats: $("format-version").textContent,
       selectedScheme: $("scheme").options[$("scheme").selectedIndex]?.textContent ?? null,
     };
   });
@@ -203,6 +204,8 @@ const scenarios = {
     for (const id of ["download-mask", "download-colour", "download-overlay"]) view.downloads[id] = await downloadInfo(page, id);
     await page.setViewportSize(PHONE);
     await page.check('input[name="view"][value="overlay"]');
+    await page.fill("#opacity", "50"); // back to the default, so the phone screenshot shows the overlay
+    await page.dispatchEvent("#opacity", "input");
     await page.screenshot({ path: path.join(artefacts, "page-phone.png"), fullPage: true });
     view.phoneOverflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
     await context.close();

@@ -557,7 +557,8 @@ function modelStatement() {
   const arch = cfg.encoder ? `a SETR segmentation model (${cfg.encoder} encoder, ${cfg.decoder} decoder)` : "a segmentation model";
   const trainedFor = info.scheme_names.join(", ") || "?";
   const keys = { "per-image": "a fresh key for every training image", shared: "one shared key", none: "plain images" }[m.key_mode];
-  const parts = [`This server runs ${m.name}, ${arch} with ${m.num_classes} classes, trained for scheme ${trainedFor}${keys ? ` with ${keys}` : ""}.`];
+  const schemes = info.scheme_names.length > 1 ? "schemes" : "scheme";
+  const parts = [`This server runs ${m.name}, ${arch} with ${m.num_classes} classes, trained for ${schemes} ${trainedFor}${keys ? ` with ${keys}` : ""}.`];
   if (t.benchmark) {
     const scene = t.scene_size ? `, ${t.scene_size[0]}x${t.scene_size[1]} scenes` : "";
     const gen = t.generator_version != null ? `, generator v${t.generator_version}` : "";
@@ -615,7 +616,8 @@ function setUpTransport() {
     $("transport-note").hidden = !j;
     $("transport-note").textContent = !j ? "" : problem ? `${problem}: PNG is used.`
       : `JPEG (quality ${jpeg.DEFAULT_QUALITY}, 4:4:4, no chroma subsampling): a smaller upload, and the label map still ` +
-        "decrypts exactly; the server's copy of the encrypted image is lossy, and a model trained on PNG ciphertexts may score a little lower.";
+        "decrypts exactly; the server's copy of the encrypted image is lossy, and a model trained on PNG ciphertexts can score " +
+        "noticeably lower on it (docs/benchmarks.md measures the shipped demo model).";
   };
   $("transport").addEventListener("change", () => { note(); rerun(); });
   $("scheme").addEventListener("change", note);
@@ -671,7 +673,8 @@ async function init() {
   setUpTransport();
   $("model-statement").textContent = modelStatement();
   $("model-info").textContent = `${info.model.name}, ${info.classes.length} classes, block size ${info.block_size}`;
-  $("format-version").textContent = String(info.format_version);
+  // the cipher versions the server accepts (format_versions; an older server reports only format_version)
+  $("format-version").textContent = (info.format_versions ?? [info.format_version]).map((v) => `v${v}`).join(", ");
   showLegend(null);
   $("file").addEventListener("change", onFile);
   $("run").addEventListener("click", rerun);
