@@ -126,8 +126,9 @@ def segment(
     out: Path = typer.Option(Path("segment-out"), "--out", "-o", help="folder for masks and overlays"),
     keep_key: bool = typer.Option(False, "--keep-key", help="write each image's key next to its outputs (0600)"),
     save_encrypted: bool = typer.Option(False, "--save-encrypted", help="also write what the server saw"),
-    fmt: str = typer.Option("png", "--format", help="how the ciphertext travels: png (lossless) or jpeg (5-8x fewer "
-                            "bytes; block size a multiple of 8; the label map still decrypts exactly)"),
+    fmt: str = typer.Option("png", "--format", help="how the ciphertext travels: png (lossless) or jpeg (5.7-7x fewer "
+                            "bytes than PNG at quality 90; block size a multiple of 8; the label map still "
+                            "decrypts exactly)"),
     quality: Optional[int] = typer.Option(None, help="JPEG quality 1-100 for --format jpeg (default 90)"),
     retries: int = typer.Option(4, help="retries on connection errors (exponential backoff)"),
 ) -> None:
