@@ -51,6 +51,29 @@ SCHEME = Scheme.parse("bs-np-cs")
 _ENC = encrypt(scene(32, 48), Key.generate(), SCHEME)
 VALID = encode_png(_ENC.data, metadata_text(SCHEME, _ENC.original_size))
 SIG = b"\x89PNG\r\n\x1a\n"
+
+
+def _valid_png(mod3: int) -> bytes:
+    """A valid ciphertext PNG whose length is mod3 (mod 3): its base64 has no padding when 0 (the
+    PNG's length varies with the key, so draw keys until it fits; each draw fits about 1 in 3)."""
+    for _ in range(200):
+        enc = encrypt(scene(32, 48), Key.generate(), SCHEME)
+        png = encode_png(enc.data, metadata_text(SCHEME, enc.original_size))
+        if len(png) % 3 == mod3:
+            return png
+    raise AssertionError("no PNG of that length")
+
+
+B64_FULL = base64.b64encode(_valid_png(0)).decode()  # no padding
+B64_PAD = base64.b64encode(_valid_png(1)).decode()  # "==" padding
+
+
+def _nonzero_tail_bits(b64: str) -> str:
+    """The same bytes written non-canonically: the unused low bits of the last character before "=="
+    set (decoders that ignore them would accept two spellings of one image)."""
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    assert b64.endswith("==")
+    return b64[:-3] + alphabet[alphabet.index(b64[-3]) | 1] + "=="
 CSP = "default-src 'self'; script-src 'self'"
 
 
@@ -319,6 +342,11 @@ def field_cases() -> list[tuple[str, dict, tuple[int, ...]]]:
         ("json-image-whitespace", json.dumps({"image": b64[:40] + "\n" + b64[40:]}).encode(), "application/json", (400,)),
         ("json-image-urlsafe", json.dumps({"image": base64.urlsafe_b64encode(VALID).decode()}).encode(), "application/json", (200, 400)),
         ("json-image-padding", json.dumps({"image": b64 + "===="}).encode(), "application/json", (400,)),
+        # padding after a complete quantum, which b64decode(validate=True) alone ignores
+        ("json-image-padding-full-quantum", json.dumps({"image": B64_FULL + "="}).encode(), "application/json", (400,)),
+        ("json-image-padding-full-quantum-4", json.dumps({"image": B64_FULL + "===="}).encode(), "application/json", (400,)),
+        ("json-image-full-quantum", json.dumps({"image": B64_FULL}).encode(), "application/json", (200,)),
+        ("json-image-nonzero-tail-bits", json.dumps({"image": _nonzero_tail_bits(B64_PAD)}).encode(), "application/json", (400,)),
         ("json-upper-ctype", json.dumps({"image": b64}).encode(), "APPLICATION/JSON; charset=utf-8", (200,)),
         ("json-string", b'"just a string"', "application/json", (400,)),
         ("json-empty", b"", "application/json", (400,)),

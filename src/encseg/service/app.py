@@ -407,8 +407,12 @@ def parse_body(raw: bytes, content_type: str, query: list[tuple[str, str]], limi
             raise Refused(400, "`image` is the PNG as a base64 string")
         try:
             data = base64.b64decode(image, validate=True)
+            # canonical form only: b64decode ignores padding after a complete quantum ("...AAAA====")
+            canonical = len(image) == 4 * -(-len(data) // 3) and base64.b64encode(data).decode("ascii") == image
         except (binascii.Error, ValueError):
-            raise Refused(400, "`image` is not valid base64") from None
+            canonical = False
+        if not canonical:
+            raise Refused(400, "`image` is not valid base64 (standard alphabet, canonical padding)")
     elif ctype in accepted_media_types() or ctype == "application/octet-stream":
         data = raw
     elif ctype.startswith("image/"):
