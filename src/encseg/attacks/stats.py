@@ -16,8 +16,8 @@ def keyspace_terms(scheme: Scheme, height: int, width: int) -> dict[str, float]:
     """log2 of the number of distinct draws of each step for a (padded) height x width image.
 
     With n = (H/p)(W/p) blocks: BS n!, PS (p^2)! (one permutation per image; (q^2)! when restricted
-    to q x q sub-blocks), PSB ((p^2)!)^n (one per block; ((q^2)!)^n restricted), NP 2^n, CS 6^n. Every draw gives a different transformation and the
-    steps act on independent coordinates (which block, where in the block, sign, channel order), so
+    to q x q sub-blocks), PSB ((p^2)!)^n (one per block; ((q^2)!)^n restricted), NP 2^n, CS 6^n.
+    Every draw gives a different transformation and the steps act on independent coordinates (which block, where in the block, sign, channel order), so
     for an image with pairwise-distinct pixels the count of distinct ciphertexts is the product.
     Images with repeated content (flat areas) have fewer.
     """
@@ -90,6 +90,16 @@ def histogram_distance(a: np.ndarray, b: np.ndarray, bins: int = 32) -> float:
     return float(0.5 * np.abs(hist(a) - hist(b)).sum())
 
 
+def _nearest_is_neighbour(d: np.ndarray, src: np.ndarray, p: int) -> float:
+    """Fraction of positions whose nearest other position under the distance matrix `d` (p^2 x p^2)
+    came from a true 4-neighbour of the plain block (`src[j]`: the plain position at position j)."""
+    d = d.copy()
+    np.fill_diagonal(d, np.inf)
+    nearest = d.argmin(axis=1)
+    r, c = np.divmod(np.asarray(src), p)
+    return float(np.mean(np.abs(r - r[nearest]) + np.abs(c - c[nearest]) == 1))
+
+
 def pixel_adjacency_leak(enc: np.ndarray, p: int, pixel_src: np.ndarray | None,
                          block_pixel_src: np.ndarray | None = None) -> float:
     """How much one ciphertext tells about its pixel-shuffle permutation: the fraction of pixel
@@ -103,14 +113,8 @@ def pixel_adjacency_leak(enc: np.ndarray, p: int, pixel_src: np.ndarray | None,
     H, W = enc.shape[:2]
     b = np.asarray(enc, np.float64).reshape(H // p, p, W // p, p, 3).swapaxes(1, 2).reshape(-1, p * p, 3)
     if block_pixel_src is not None:
-        hits = []
-        for blk, src in zip(b.astype(np.float32), np.asarray(block_pixel_src)):
-            d = np.abs(blk[:, None, :] - blk[None, :, :]).sum(axis=2)
-            np.fill_diagonal(d, np.inf)
-            nearest = d.argmin(axis=1)
-            r, c = np.divmod(src, p)
-            hits.append(np.mean(np.abs(r - r[nearest]) + np.abs(c - c[nearest]) == 1))
-        return float(np.mean(hits))
+        return float(np.mean([_nearest_is_neighbour(np.abs(blk[:, None, :] - blk[None, :, :]).sum(axis=2), src, p)
+                              for blk, src in zip(b.astype(np.float32), np.asarray(block_pixel_src))]))
     if pixel_src is None:
         return float("nan")
     d = np.zeros((p * p, p * p))
@@ -118,7 +122,4 @@ def pixel_adjacency_leak(enc: np.ndarray, p: int, pixel_src: np.ndarray | None,
         x = b[:, :, c]
         for a in range(p * p):  # row by row keeps memory at (blocks x p^2)
             d[a] += np.abs(x - x[:, a : a + 1]).mean(axis=0)
-    np.fill_diagonal(d, np.inf)
-    nearest = d.argmin(axis=1)
-    r, c = np.divmod(np.asarray(pixel_src), p)
-    return float(np.mean(np.abs(r - r[nearest]) + np.abs(c - c[nearest]) == 1))
+    return _nearest_is_neighbour(d, pixel_src, p)

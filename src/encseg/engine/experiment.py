@@ -307,6 +307,7 @@ def rescore_frontier(budget: Budget, source: Path, data: Path | None, results_md
                      demo_out: Path | None, privacy: Path) -> list[dict]:  # fmt: skip
     """The frontier report of an earlier invocation's runs (its frontier.json) against another attack
     record: nothing is trained or scored again, the mIoU figures and wall time are that invocation's."""
+    from encseg.demo import DEMO_CHECKPOINT
     from encseg.engine.frontier import choose_default, frontier_rows, load_privacy, load_rescore, write_frontier_report
 
     if not budget.frontier:
@@ -321,8 +322,6 @@ def rescore_frontier(budget: Budget, source: Path, data: Path | None, results_md
     lines = ["", f"Rescored with `encseg experiment --budget {budget.name} --rescore {source} --privacy {privacy}`: the "
              "mIoU figures and run table are those of the invocation above; the privacy columns and the default come "
              f"from `{privacy}`."]  # fmt: skip
-    from encseg.demo import DEMO_CHECKPOINT
-
     shipped = DEMO_CHECKPOINT.with_suffix(".json")
     if shipped.is_file():
         run = (json.loads(shipped.read_text()).get("extra") or {}).get("run")

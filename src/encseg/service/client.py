@@ -1,7 +1,8 @@
 """The Python client: for each image a fresh key, encrypt, ask a backend (a server over HTTP, or a
 model in this process) for the label map in encrypted geometry, undo the geometry, drop the key.
-The ciphertext travels as PNG (lossless) or JPEG (`transport="jpeg"`: 5.7-7x fewer bytes than PNG at quality 90, docs/benchmarks.md; the label
-map still decrypts exactly, docs/encryption-format.md section 10)."""
+The ciphertext travels as PNG (lossless) or JPEG (`transport="jpeg"`: 5.7-7x fewer bytes than PNG
+at quality 90, docs/benchmarks.md; the label map still decrypts exactly, docs/encryption-format.md
+section 10)."""
 
 from __future__ import annotations
 
