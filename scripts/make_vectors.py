@@ -39,6 +39,48 @@ CASES = [
 ]
 
 
+# format v3 (section 13): the sorted arrangement of a ciphertext. name, scheme text, block size,
+# padded height, padded width, description. The "ciphertext" is drawn from a small palette that
+# holds two colours of equal luminance and repeats colours, so ties of both kinds occur.
+ARRANGED_CASES = [
+    ("16-sorted-bs-psb-np-cs-p4", "bs-psb-np-cs", 4, 8, 12, "v3: whole 4x4 blocks sorted (q = p)"),
+    ("17-sorted-bs-psb2-np-cs-p4", "bs-psb2-np-cs", 4, 8, 8, "v3: 2x2 groups sorted inside 4x4 blocks"),
+    ("18-sorted-ps-np-cs-p8", "ps-np-cs", 8, 8, 16, "v3: a v1 pixel-shuffle scheme, 8x8 blocks"),
+]
+PALETTE = [(0, 0, 0), (255, 255, 255), (114, 0, 0), (2, 52, 26), (10, 200, 30), (200, 10, 30), (60, 60, 60),
+           (61, 59, 62), (128, 128, 127)]
+
+
+def _equal_luma_pair() -> None:
+    lum = [299 * r + 587 * g + 114 * b for r, g, b in PALETTE]
+    assert len(set(lum)) < len(lum), "the palette must hold two colours of equal luminance"
+
+
+def make_arranged(name: str, text: str, p: int, h: int, w: int, description: str) -> dict:
+    from encseg.cipher.reference import reference_arrange, reference_restore_labels
+
+    _equal_luma_pair()
+    scheme = Scheme.parse(text, block_size=p)
+    rng = np.random.default_rng(int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "little"))
+    data = np.array(PALETTE, np.uint8)[rng.integers(0, len(PALETTE), (h, w))]
+    data[rng.random((h, w)) < 0.3] = rng.integers(0, 256, 3, dtype=np.uint8)  # some pixels off the palette
+    labels = rng.integers(0, 19, (h, w), dtype=np.uint8)
+    arranged, _ = reference_arrange(data, scheme)
+    return {
+        "name": name,
+        "description": description,
+        "format_version": 3,
+        "scheme": scheme.to_dict(),
+        "scheme_name": scheme.name,
+        "padded_height": h,
+        "padded_width": w,
+        "ciphertext": data.tobytes().hex(),
+        "arranged": arranged.tobytes().hex(),
+        "labels": labels.tobytes().hex(),
+        "restored_labels": reference_restore_labels(labels, data, scheme).tobytes().hex(),
+    }
+
+
 def subkey(key: Key, name: str) -> bytes:
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=SALT, info=name.encode()).derive(key.to_bytes())
 
@@ -82,7 +124,11 @@ def main() -> None:
     for case in CASES:
         v = make(*case)
         (OUT / f"{case[0]}.json").write_text(json.dumps(v, indent=1) + "\n")
-    print(f"wrote {len(CASES)} vectors to {OUT}")
+    (OUT / "arranged").mkdir(exist_ok=True)
+    for case in ARRANGED_CASES:
+        v = make_arranged(*case)
+        (OUT / "arranged" / f"{case[0]}.json").write_text(json.dumps(v, indent=1) + "\n")
+    print(f"wrote {len(CASES)} vectors to {OUT} and {len(ARRANGED_CASES)} to {OUT / 'arranged'}")
 
 
 if __name__ == "__main__":

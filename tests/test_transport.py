@@ -16,6 +16,7 @@ from PIL import Image
 from encseg.cipher import DEFAULT_SCHEME  # noqa: E402
 from encseg.cipher import Key, Scheme, decrypt_mask, encrypt
 from encseg.cipher import jpeg as J
+from encseg.cipher.arrange import arrange, restore_labels
 from encseg.cipher.io import METADATA_CHUNK, encode_encrypted, encrypted_metadata, metadata_text
 from encseg.errors import UserError
 
@@ -92,16 +93,21 @@ def test_the_same_check_catches_the_mixing_of_4_2_0_which_is_why_it_is_refused()
 @pytest.mark.parametrize("scheme_name,quality,halves", [("bs-np-cs", 50, False), ("bs-ps-np-cs", 95, True),
                                                         ("bs-ps4-np-cs", 90, True)])
 def test_label_map_geometry_round_trips_exactly_through_jpeg(scheme_name, quality, halves):
-    # a server that labels each pixel from the decoded JPEG answers in encrypted geometry; the key
-    # holder's decrypt_mask must give back the plain label map exactly (70x100: padding is cropped)
+    # a server that labels each pixel from the decoded JPEG answers in encrypted geometry (in the
+    # sorted arrangement for the pixel-shuffled schemes); the key holder's restore_labels +
+    # decrypt_mask must give back the plain label map exactly (70x100: padding is cropped)
     img, labels = grey_block_image(70, 100, seed=quality, halves=halves)
     scheme, key = Scheme.parse(scheme_name), Key.generate()
     enc = encrypt(img, key, scheme)
     data = encode_encrypted(enc, "jpeg", quality)
+    arranged = encrypted_metadata(data, arrangement=True)[2] == "sorted"
+    assert arranged == ("ps" in scheme_name)  # auto: a pixel-shuffled JPEG travels sorted
     decoded = server_side(data)
     assert decoded.shape == enc.data.shape
     answer = classify(decoded)
-    assert np.array_equal(answer, classify(enc.data))  # JPEG moved no label
+    assert np.array_equal(answer, classify(arrange(enc.data, scheme) if arranged else enc.data))  # JPEG moved no label
+    if arranged:
+        answer = restore_labels(answer, enc.data, scheme)
     assert np.array_equal(decrypt_mask(answer, key, scheme, enc.original_size), labels)
     assert not np.array_equal(answer[:70, :100], labels)  # it really was in encrypted geometry
 
@@ -419,11 +425,15 @@ def test_cli_encrypt_format_jpeg_and_its_refusals(run_cli, tmp_path):
     assert not any(tmp_path.glob("b.*"))
     code, out, err = run_cli("decrypt", tmp_path / "e.jpg", "--key", tmp_path / "k.key", "-o", tmp_path / "d.png")
     assert code != 0 and "JPEG ciphertext" in err and "--format png" in err
-    # the label map of a JPEG ciphertext decrypts with --like pointing at the JPEG
+    # the label map of a JPEG ciphertext decrypts with --like pointing at the JPEG; the default scheme's
+    # JPEG is in the sorted arrangement, so the plain image is needed to rebuild the pixel order
     labels = np.zeros((48, 64), np.uint8)
     Image.fromarray(labels).save(tmp_path / "m.png")
     code, out, err = run_cli("decrypt-mask", tmp_path / "m.png", "--key", tmp_path / "k.key", "--like",
                              tmp_path / "e.jpg", "-o", tmp_path / "dm.png")
+    assert code != 0 and "--image" in err and len(err.strip().splitlines()) == 1
+    code, out, err = run_cli("decrypt-mask", tmp_path / "m.png", "--key", tmp_path / "k.key", "--like",
+                             tmp_path / "e.jpg", "--image", tmp_path / "in.png", "-o", tmp_path / "dm.png")
     assert code == 0, err
     assert np.asarray(Image.open(tmp_path / "dm.png")).shape == (40, 56)
 

@@ -7,13 +7,13 @@ from typing import Optional
 
 import typer
 
+from encseg.cipher.arrange import check_arrangement, restore_labels, transport_arrangement
 from encseg.cipher.io import (
     DEFAULT_MAX_PIXELS,
     check_transport,
     encode_png,
     encrypted_metadata,
     load_encrypted,
-    png_metadata,
     read_image,
     decode_label_png,
     require_png_path,
@@ -87,6 +87,8 @@ def encrypt_cmd(
     block_size: int = typer.Option(16, help="block size p (the ViT patch size)"),
     key_out: Optional[Path] = typer.Option(None, help="write the fresh key here (0600); without it the key is discarded"),
     key: Optional[Path] = typer.Option(None, help="use this existing key file instead of a fresh key"),
+    arrangement: str = typer.Option("auto", help="auto (JPEG of a pixel-shuffled scheme: each block's pixels sorted, "
+                                    "format v3, for segmentation only), none or sorted"),
     max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, help="refuse images with more pixels than this"),
 ) -> None:
     """Encrypt an image with a fresh per-image key and write it as PNG (or JPEG, for segmentation)."""
@@ -101,14 +103,18 @@ def encrypt_cmd(
         raise UserError("use either --key (an existing key) or --key-out (save the fresh key), not both")
     s = Scheme.parse(scheme, block_size=block_size)
     check_transport(s, fmt)
+    if arrangement != "auto":
+        check_arrangement(s, arrangement)
+    arranged = transport_arrangement(s, fmt, arrangement)
     img = read_image(image, max_pixels=max_pixels)
     k = load_key(key) if key is not None else Key.generate()
     if key_out is not None:
         save_key(k, key_out)  # before the ciphertext: never leave an image nobody can decrypt
     enc = encrypt(img, k, s)
-    _writing(out, lambda: save_encrypted(out, enc, fmt, quality))
+    _writing(out, lambda: save_encrypted(out, enc, fmt, quality, arranged))
     h, w = enc.data.shape[:2]
     how = f", JPEG quality {quality}" if fmt == "jpeg" else ""
+    how += ", pixels sorted inside each block (format v3: decrypt-mask needs --image)" if arranged == "sorted" else ""
     typer.echo(f"encrypted {image} ({img.shape[0]}x{img.shape[1]}) -> {out} ({h}x{w}, scheme {s.name}{how})")
     if key is None and key_out is None:
         typer.echo("the key was discarded (no --key-out): nobody can decrypt this image", err=True)
@@ -139,6 +145,8 @@ def decrypt_mask_cmd(
     scheme: Optional[str] = typer.Option(None, help="scheme, if --like is not given"),
     block_size: int = typer.Option(16),
     size: Optional[str] = typer.Option(None, help="original HxW, if --like is not given"),
+    image: Optional[Path] = typer.Option(None, help="the plain image, for a label map of a sorted-arrangement "
+                                         "ciphertext (format v3): its pixel order is rebuilt from it and the key"),
 ) -> None:
     """Undo the geometry of a label map returned for an encrypted image, and crop the padding."""
     require_png_path(check_out(out))
@@ -146,17 +154,28 @@ def decrypt_mask_cmd(
         raise UserError(f"{mask} does not exist or is not a file")
     data = mask.read_bytes()
     labels = _label_map(data, str(mask))
-    meta = png_metadata(data)
+    meta = encrypted_metadata(data, what=str(mask), arrangement=True)
     if like is not None:
         if not like.is_file():
             raise UserError(f"{like} does not exist or is not a file")
-        meta = encrypted_metadata(like.read_bytes(), what=str(like)) or meta
+        meta = encrypted_metadata(like.read_bytes(), what=str(like), arrangement=True) or meta
     s = Scheme.parse(scheme, block_size=block_size) if scheme else (meta[0] if meta else None)
     hw = parse_size(size) if size else (meta[1] if meta else None)
     if s is None or hw is None:
         raise UserError("pass --like ENCRYPTED.png, or --scheme and --size, to say how the image was encrypted")
     s.check_size(*labels.shape)
-    result = encode_png(decrypt_mask(labels, load_key(key), s, hw))
+    k = load_key(key)
+    if meta and meta[2] == "sorted":
+        if image is None:
+            raise UserError(f"{mask} is a label map of a sorted-arrangement ciphertext (format v3): pass --image "
+                            "ORIGINAL so its pixel order can be rebuilt with the key")
+        enc = encrypt(read_image(image), k, s)
+        if enc.data.shape[:2] != labels.shape or tuple(enc.original_size) != tuple(hw):
+            raise UserError(f"{image} is not the image this label map belongs to (its encrypted size differs)")
+        labels = restore_labels(labels, enc.data, s)
+    elif image is not None:
+        raise UserError("--image is only for label maps of sorted-arrangement ciphertexts; this one is not arranged")
+    result = encode_png(decrypt_mask(labels, k, s, hw))
     _writing(out, lambda: write_atomic(out, result))
     typer.echo(f"decrypted label map {mask} -> {out}")
 

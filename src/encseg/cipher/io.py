@@ -15,13 +15,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, PngImagePlugin
 
+from encseg.cipher.arrange import SORTED, arrange, check_arrangement, transport_arrangement
 from encseg.cipher.jpeg import DEFAULT_QUALITY, check_block_size, encode_jpeg, is_jpeg, read_jpeg_header
 from encseg.cipher.scheme import FORMAT_VERSION, Scheme
 from encseg.cipher.transform import EncryptedImage
 from encseg.errors import UserError
 
 DEFAULT_MAX_PIXELS = int(os.environ.get("ENCSEG_MAX_PIXELS", 64 * 1024 * 1024))
-METADATA_CHUNK = "encseg"  # PNG tEXt keyword holding {"version", "scheme", "original_size"}
+METADATA_CHUNK = "encseg"  # PNG tEXt keyword holding {"version", "scheme", "original_size"[, "arrangement"]}
+ARRANGED_METADATA_VERSION = 3  # the metadata object of a sorted-arrangement file (format v3, section 13.4)
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TRANSPORT_FORMATS = ("png", "jpeg")  # how a ciphertext travels (docs/encryption-format.md sections 8 and 10)
 _SUFFIX_FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg"}
@@ -174,56 +176,86 @@ def write_atomic(path: str | os.PathLike, data: bytes | Callable[[Path], object]
     return path
 
 
-def metadata_text(scheme: Scheme, original_size: tuple[int, int]) -> dict[str, str]:
+def metadata_text(scheme: Scheme, original_size: tuple[int, int], arrangement: str = "none") -> dict[str, str]:
+    """The `encseg` metadata object: version 1, or version 3 with `"arrangement": "sorted"` (section 13.4)."""
     meta = {"version": FORMAT_VERSION, "scheme": scheme.to_dict(), "original_size": list(original_size)}
+    if check_arrangement(scheme, arrangement) != "none":
+        meta = {"version": ARRANGED_METADATA_VERSION, "scheme": scheme.to_dict(), "original_size": list(original_size),
+                "arrangement": arrangement}
     return {METADATA_CHUNK: json.dumps(meta, separators=(",", ":"))}
 
 
-def parse_metadata(text: str) -> tuple[Scheme, tuple[int, int]]:
+def read_metadata(text: str) -> tuple[Scheme, tuple[int, int], str]:
+    """(scheme, original size, arrangement) of an `encseg` metadata object, versions 1 and 3."""
     try:
         meta = json.loads(text)
         scheme = Scheme.from_dict(meta["scheme"])
         h, w = (int(v) for v in meta["original_size"])
+        version = meta.get("version", FORMAT_VERSION)
+        arrangement = meta.get("arrangement", "none")
     except UserError:
         raise
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, AttributeError):
         raise UserError("the encseg metadata chunk is malformed") from None
-    return scheme, (h, w)
+    if isinstance(version, bool) or version not in (FORMAT_VERSION, ARRANGED_METADATA_VERSION):
+        raise UserError(f"encseg metadata version {version!r} is not supported (this reads versions 1 and 3)")
+    if version == FORMAT_VERSION and "arrangement" in meta:
+        raise UserError("the encseg metadata names an arrangement under version 1 (arrangements are version 3)")
+    if version == ARRANGED_METADATA_VERSION and arrangement != SORTED:
+        raise UserError(f"encseg metadata version 3 has the arrangement {SORTED!r} (got {arrangement!r})")
+    return scheme, (h, w), check_arrangement(scheme, arrangement)
+
+
+def parse_metadata(text: str) -> tuple[Scheme, tuple[int, int]]:
+    return read_metadata(text)[:2]
+
+
+def _png_text(data: bytes) -> str | None:
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return im.text.get(METADATA_CHUNK) if hasattr(im, "text") else None
+    except Exception:
+        return None
 
 
 def png_metadata(data: bytes) -> tuple[Scheme, tuple[int, int]] | None:
     """The scheme and original size recorded in an encrypted PNG, or None if it has no encseg chunk."""
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            text = im.text.get(METADATA_CHUNK) if hasattr(im, "text") else None
-    except Exception:
-        return None
+    text = _png_text(data)
     return parse_metadata(text) if text else None
 
 
-def encode_encrypted(enc: EncryptedImage, fmt: str = "png", quality: int = DEFAULT_QUALITY) -> bytes:
+def encode_encrypted(enc: EncryptedImage, fmt: str = "png", quality: int = DEFAULT_QUALITY,
+                     arrangement: str = "auto") -> bytes:
     """An encrypted image's bytes: PNG with the `encseg` tEXt chunk, or baseline 4:4:4 JPEG at
-    `quality` with the same JSON in the `encseg` COM segment."""
+    `quality` with the same JSON in the `encseg` COM segment; in the `arrangement` of
+    `transport_arrangement` (auto: a JPEG of a pixel-shuffled scheme travels sorted, section 13)."""
     check_transport(enc.scheme, fmt)
-    text = metadata_text(enc.scheme, enc.original_size)
+    arrangement = transport_arrangement(enc.scheme, fmt, arrangement)
+    data = arrange(enc.data, enc.scheme) if arrangement == SORTED else enc.data
+    text = metadata_text(enc.scheme, enc.original_size, arrangement)
     if fmt == "png":
-        return encode_png(enc.data, text)
-    return encode_jpeg(enc.data, quality, text[METADATA_CHUNK])
+        return encode_png(data, text)
+    return encode_jpeg(data, quality, text[METADATA_CHUNK])
 
 
 def save_encrypted(path: str | os.PathLike, enc: EncryptedImage, fmt: str | None = None,
-                   quality: int = DEFAULT_QUALITY) -> Path:
+                   quality: int = DEFAULT_QUALITY, arrangement: str = "auto") -> Path:
     """Write an encrypted image (format from `fmt` or the suffix) with its scheme and original size."""
-    return write_atomic(path, encode_encrypted(enc, transport_format(path, fmt), quality))
+    return write_atomic(path, encode_encrypted(enc, transport_format(path, fmt), quality, arrangement))
 
 
-def encrypted_metadata(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS,
-                       what: str = "image") -> tuple[Scheme, tuple[int, int]] | None:
-    """The scheme and original size an encrypted PNG or JPEG records, or None if it records none."""
+def encrypted_metadata(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, what: str = "image",
+                       arrangement: bool = False):
+    """The scheme and original size an encrypted PNG or JPEG records (and, with `arrangement`, its
+    arrangement: none or sorted), or None if it records none."""
     if is_jpeg(data):
         text = read_jpeg_header(data, max_pixels=max_pixels, what=what).encseg_text
-        return parse_metadata(text) if text is not None else None
-    return png_metadata(data)
+    else:
+        text = _png_text(data)
+    if not text:
+        return None
+    meta = read_metadata(text)
+    return meta if arrangement else meta[:2]
 
 
 def load_encrypted(path: str | os.PathLike, scheme: Scheme | None = None,
@@ -241,7 +273,13 @@ def load_encrypted(path: str | os.PathLike, scheme: Scheme | None = None,
     if png_header(data) is None:
         raise UserError(f"{path} is not a PNG; encrypted images that are decrypted are PNG")
     arr = decode_image(data, max_pixels=max_pixels, what=str(path))
-    meta = png_metadata(data)
+    text = _png_text(data)
+    if text and read_metadata(text)[2] != "none":
+        raise UserError(
+            f"{path} is in the sorted arrangement (format v3): it is for segmentation only, its pixel order "
+            "is not in the key; encrypt with --arrangement none to decrypt the image itself"
+        )
+    meta = parse_metadata(text) if text else None
     if scheme is None:
         if meta is None:
             raise UserError(f"{path} carries no encseg metadata; pass --scheme (and --size) explicitly")

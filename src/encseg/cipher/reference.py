@@ -1,4 +1,4 @@
-"""A literal, block-by-block reading of docs/encryption-format.md (formats v1 and v2): slow on purpose.
+"""A literal, block-by-block reading of docs/encryption-format.md (formats v1, v2 and v3): slow on purpose.
 
 The tests use it as an oracle independent of the fused implementation in transform.py, and
 benchmarks/bench_cipher.py uses it as the loop-over-blocks baseline that public scripts follow.
@@ -118,3 +118,47 @@ def reference_decrypt(enc: np.ndarray, key: Key, scheme: Scheme, original_size: 
     for b, blk in enumerate(blocks):
         out[(b // nw) * p:(b // nw + 1) * p, (b % nw) * p:(b % nw + 1) * p] = blk
     return out[: original_size[0], : original_size[1]]
+
+
+def _groups_of_block(p: int, q: int) -> list[list[tuple[int, int]]]:
+    """The (row, column) cells of each q x q group of a p x p block: groups row-major, cells row-major."""
+    return [[(a * q + j // q, b * q + j % q) for j in range(q * q)] for a in range(p // q) for b in range(p // q)]
+
+
+def reference_arrange(enc: np.ndarray, scheme: Scheme) -> tuple[np.ndarray, list[list[tuple[int, int]]]]:
+    """Format v3 (section 13.1), one group at a time: each group's pixels sorted by (K_j, j), with
+    K = (299 R + 587 G + 114 B) * 2^24 + R * 2^16 + G * 2^8 + B. Returns the arranged image and, per
+    group (blocks row-major, then groups), the (row, column) of the ciphertext pixel at each slot."""
+    p = scheme.block_size
+    step = next(s for s in scheme.steps if s.name in ("pixel-shuffle", "block-pixel-shuffle"))
+    q = step.group or p
+    out = enc.copy()
+    sources = []
+    for br in range(enc.shape[0] // p):
+        for bc in range(enc.shape[1] // p):
+            for cells in _groups_of_block(p, q):
+                pos = [(br * p + r, bc * p + c) for r, c in cells]
+                pix = [tuple(int(v) for v in enc[y, x]) for y, x in pos]
+                keys = [(299 * r + 587 * g + 114 * b) * 2**24 + r * 2**16 + g * 2**8 + b for r, g, b in pix]
+                order = sorted(range(len(pos)), key=lambda j: (keys[j], j))
+                for slot, j in enumerate(order):
+                    out[pos[slot]] = enc[pos[j]]
+                sources.append([pos[j] for j in order])
+    return out, sources
+
+
+def reference_restore_labels(labels: np.ndarray, enc: np.ndarray, scheme: Scheme) -> np.ndarray:
+    """Section 13.2: a label map in arranged geometry moved back to the ciphertext's geometry."""
+    p = scheme.block_size
+    step = next(s for s in scheme.steps if s.name in ("pixel-shuffle", "block-pixel-shuffle"))
+    q = step.group or p
+    _, sources = reference_arrange(enc, scheme)
+    out = labels.copy()
+    g = 0
+    for br in range(enc.shape[0] // p):
+        for bc in range(enc.shape[1] // p):
+            for cells in _groups_of_block(p, q):
+                for slot, (r, c) in enumerate(cells):
+                    out[sources[g][slot]] = labels[br * p + r, bc * p + c]
+                g += 1
+    return out

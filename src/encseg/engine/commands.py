@@ -60,6 +60,8 @@ def evaluate_cmd(
     json_out: Optional[Path] = typer.Option(None, "--json", help="write the result as JSON"),
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
     jpeg_quality: Optional[int] = typer.Option(None, help="send each ciphertext through the JPEG transport at this quality (1-100)"),
+    arrangement: str = typer.Option("auto", help="auto (sorted for JPEG when the scheme shuffles pixels), none or "
+                                    "sorted: the pixel order ciphertexts travel in (docs/encryption-format.md section 13)"),
 ) -> None:
     """mIoU (Cityscapes protocol) of a checkpoint, on plain or encrypted test images."""
     from encseg.cipher import Scheme, load_key
@@ -82,15 +84,22 @@ def evaluate_cmd(
 
         check_quality(jpeg_quality)
     result = evaluate(model, ds, dev, encryption, s, shared, crop_hw, stride_hw, batch_size, save_png, limit, progress=True,
-                      jpeg_quality=jpeg_quality)
+                      jpeg_quality=jpeg_quality, arrangement=arrangement)
     typer.echo(result.table())
     mode = "plain test images" if encryption == "none" else f"{encryption} keys, scheme {s.name}"
+    arranged = "none"
+    if s is not None:
+        from encseg.cipher.arrange import transport_arrangement
+
+        arranged = transport_arrangement(s, "jpeg" if jpeg_quality is not None else "png", arrangement)
     if jpeg_quality is not None:
         mode += f", JPEG transport quality {jpeg_quality}"
+    if arranged != "none":
+        mode += f", {arranged} arrangement"
     typer.echo(f"mIoU {result.miou:.2f} over {result.images} images ({mode}); pixel accuracy {result.pixel_accuracy:.2f}")
     if json_out is not None:
         write_result(result, json_out, {"checkpoint": str(checkpoint), "data": str(data), "split": split,
-                                        "jpeg_quality": jpeg_quality})
+                                        "jpeg_quality": jpeg_quality, "arrangement": arranged})
 
 
 def experiment_cmd(

@@ -131,11 +131,14 @@ def evaluate(
     limit: int | None = None,
     progress: bool = False,
     jpeg_quality: int | None = None,
+    arrangement: str = "auto",
 ) -> EvalResult:
     """Score `model` on `dataset` (raw arrays, no transform) with plain or encrypted test images;
     with `jpeg_quality`, each ciphertext goes through the JPEG transport (encode at that quality,
-    check, decode) before the model sees it, as a JPEG client's would."""
+    check, decode) before the model sees it, as a JPEG client's would, in the client's `arrangement`
+    (`auto`: sorted for JPEG when the scheme shuffles pixels; encseg.cipher.arrange)."""
     from encseg.cipher import decrypt_mask, encrypt
+    from encseg.cipher.arrange import SORTED, arrange, restore_labels, transport_arrangement
     from encseg.cipher.jpeg import check_block_size, jpeg_roundtrip
 
     new_key = _encryptor(encryption, scheme, shared_key)
@@ -145,6 +148,11 @@ def evaluate(
         if new_key is None:
             raise UserError("JPEG transport applies to encrypted test images (pass an encryption mode)")
         check_block_size(scheme.block_size)
+    arranged = False
+    if new_key is not None:
+        arranged = transport_arrangement(scheme, "jpeg" if jpeg_quality is not None else "png", arrangement) == SORTED
+    elif arrangement not in ("auto", "none"):
+        raise UserError("an arrangement applies to encrypted test images (pass an encryption mode)")
     num_classes = getattr(getattr(model, "config", None), "num_classes", NUM_CLASSES)
     conf = np.zeros((num_classes, num_classes + 1), dtype=np.int64)  # last column: predicted outside the classes
     n = len(dataset) if limit is None else min(limit, len(dataset))
@@ -160,14 +168,16 @@ def evaluate(
     t0 = time.perf_counter()
     for start in range(0, n, batch_size):
         batch = [dataset.load(i) for i in range(start, min(start + batch_size, n))]
-        inputs, keys, sizes = [], [], []
+        inputs, keys, sizes, ciphertexts = [], [], [], []
         for image, _ in batch:
             if new_key is None:
                 inputs.append(image)
                 continue
             key = new_key()
             enc = encrypt(image, key, scheme)
-            inputs.append(enc.data if jpeg_quality is None else jpeg_roundtrip(enc.data, jpeg_quality))
+            sent = arrange(enc.data, scheme) if arranged else enc.data
+            inputs.append(sent if jpeg_quality is None else jpeg_roundtrip(sent, jpeg_quality))
+            ciphertexts.append(enc.data)
             keys.append(key)
             sizes.append(enc.original_size)
         same = all(x.shape == inputs[0].shape for x in inputs)
@@ -180,6 +190,8 @@ def evaluate(
             pred = pred.numpy().astype(np.uint8)
             pred_encrypted = pred
             if keys:
+                if arranged:
+                    pred = pred_encrypted = restore_labels(pred, ciphertexts[j], scheme)
                 pred = np.asarray(decrypt_mask(pred, keys[j], scheme, sizes[j]))
             conf += confusion_matrix(pred, label, num_classes)
             if save_dir is not None:
@@ -191,6 +203,7 @@ def evaluate(
                     Image.fromarray(inputs[j]).save(save_dir / f"{name}_encrypted.png")
                     Image.fromarray(colorize(pred_encrypted)).save(save_dir / f"{name}_pred_encrypted_geometry.png")
         keys.clear()  # the per-image keys end here
+        ciphertexts.clear()
         if bar is not None:
             bar.update(len(batch))
     if bar is not None:

@@ -106,6 +106,9 @@ class Info(BaseModel):
     default_scheme: str  # what a client offers first: the library default if trained for, else the first trained
     presets: dict[str, str]
     transports: list[str]  # how an encrypted image may travel: png, jpeg (encryption-format section 10)
+    arrangements: list[str] = Field(description="pixel orders an encrypted image may arrive in: none, and sorted "
+                                    "(format v3, encryption-format section 13) when the model is order-free inside "
+                                    "its schemes' pixel groups")
     limits: dict[str, int]
     batching: dict[str, Any]
     queue: dict[str, Any]
@@ -521,9 +524,11 @@ class Checked:
     original_size: tuple[int, int] | None
     topk: int
     fmt: str
+    arrangement: str = "none"
 
 
-def check_request(req: SegmentRequest, limits: Limits, block_size_default: int, patch_size: int) -> Checked:
+def check_request(req: SegmentRequest, limits: Limits, block_size_default: int, patch_size: int,
+                  order_free=lambda scheme: False) -> Checked:
     """Every check of a parsed request, then the bounded decode. Runs on a worker thread."""
     topk = parse_int_field(req.topk, "topk", 0, limits.max_topk, default=0)
     assert topk is not None
@@ -536,12 +541,15 @@ def check_request(req: SegmentRequest, limits: Limits, block_size_default: int, 
     header = read_image_header(req.data, limits)
     field = scheme_from_field(req.scheme_field, block_size, default_block_size=block_size_default,
                               max_bytes=limits.max_field_bytes)
-    chunk, chunk_size = (scheme_from_chunk(header.encseg_text, limits.max_text_bytes)
-                         if header.encseg_text is not None else (None, None))
+    chunk, chunk_size, arrangement = (scheme_from_chunk(header.encseg_text, limits.max_text_bytes)
+                                      if header.encseg_text is not None else (None, None, "none"))
     scheme = resolve_scheme(field, chunk, block_size)
     original = original or chunk_size
     check_geometry(scheme, header, original, patch_size)
-    return Checked(header, decode_image(req.data, header), scheme, original, topk, fmt)
+    if arrangement != "none" and not order_free(scheme):
+        raise Refused(422, f"this model is not order-free inside the pixel groups of {scheme.name}, so it cannot "
+                           "segment the sorted arrangement; send the ciphertext unarranged (metadata version 1)")
+    return Checked(header, decode_image(req.data, header), scheme, original, topk, fmt, arrangement)
 
 
 # -- the app -----------------------------------------------------------------------------------
@@ -670,6 +678,7 @@ def create_app(segmenter: Segmenter, config: ServiceConfig = ServiceConfig()) ->
             default_scheme=_default_scheme([s.name for s in info.schemes]),
             presets=PRESETS,
             transports=["png", "jpeg"],
+            arrangements=["none", "sorted"] if any(info.order_free(s) for s in info.schemes) else ["none"],
             limits={"max_body_bytes": limits.max_body_bytes, "max_pixels": limits.max_pixels,
                     "max_side": limits.max_side, "max_topk": limits.max_topk, "max_chunks": limits.max_chunks,
                     "max_ancillary_bytes": limits.max_ancillary_bytes, "max_text_bytes": limits.max_text_bytes,
@@ -707,7 +716,8 @@ def create_app(segmenter: Segmenter, config: ServiceConfig = ServiceConfig()) ->
                 query = list(request.query_params.multi_items())
                 req = await run_in_threadpool(parse_body, raw, request.headers.get("content-type", ""), query, limits)
                 del raw
-                checked = await run_in_threadpool(check_request, req, limits, info.block_size, info.patch_size)
+                checked = await run_in_threadpool(check_request, req, limits, info.block_size, info.patch_size,
+                                                  info.order_free)
                 del req
             header = checked.header
             logrec = request.scope["state"].setdefault("log", {})
@@ -737,7 +747,7 @@ def create_app(segmenter: Segmenter, config: ServiceConfig = ServiceConfig()) ->
 def _answer(checked: Checked, pred: Prediction, num_classes: int, trained: bool) -> Response:
     """The response: the label PNG (with the encseg chunk when the size is known), or JSON with top-k."""
     scheme, header = checked.scheme, checked.header
-    text = metadata_text(scheme, checked.original_size) if checked.original_size else None
+    text = metadata_text(scheme, checked.original_size, checked.arrangement) if checked.original_size else None
     png = encode_png(pred.labels, text)
     headers = {"X-Encseg-Scheme": scheme.name, "X-Encseg-Trained-For-Scheme": str(trained).lower(),
                "X-Encseg-Classes": str(num_classes)}

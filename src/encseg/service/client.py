@@ -1,8 +1,10 @@
 """The Python client: for each image a fresh key, encrypt, ask a backend (a server over HTTP, or a
 model in this process) for the label map in encrypted geometry, undo the geometry, drop the key.
-The ciphertext travels as PNG (lossless) or JPEG (`transport="jpeg"`: 5.7-7x fewer bytes than PNG
-at quality 90, docs/benchmarks.md; the label map still decrypts exactly, docs/encryption-format.md
-section 10)."""
+The ciphertext travels as PNG (lossless) or JPEG (`transport="jpeg"`: the label map still decrypts
+exactly, docs/encryption-format.md section 10). A JPEG of a pixel-shuffled scheme travels in the
+sorted arrangement (section 13: each block's pixels sorted, a fraction of the bytes, docs/benchmarks.md);
+the label map comes back in that arrangement and is moved to encrypted geometry here, from the
+ciphertext the client still holds, before the key undoes the rest."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from encseg.cipher import DEFAULT_SCHEME, EncryptedImage, Key, Scheme, decrypt_mask, encrypt
+from encseg.cipher.arrange import ARRANGEMENTS, SORTED, arrange, restore_labels, transport_arrangement
 from encseg.cipher.io import check_transport, encode_encrypted
 from encseg.cipher.jpeg import DEFAULT_QUALITY, check_quality, jpeg_roundtrip
 from encseg.errors import UserError
@@ -31,6 +34,8 @@ class Backend(Protocol):
 
     def segment(self, enc: EncryptedImage) -> np.ndarray: ...
 
+    def arrangement_for(self, scheme: Scheme) -> str: ...
+
 
 @dataclass
 class SegmentResult:
@@ -40,7 +45,7 @@ class SegmentResult:
     overlay: np.ndarray  # uint8 HxWx3
     encrypted: EncryptedImage  # what the server saw
     key: Key
-    encrypted_labels: np.ndarray  # uint8 labels in encrypted geometry: what the server answered
+    encrypted_labels: np.ndarray  # uint8 labels in encrypted geometry (the server's answer, its arrangement undone)
 
     def __repr__(self) -> str:
         return f"SegmentResult(mask={self.mask.shape}, encrypted={self.encrypted!r}, key=<secret>)"
@@ -93,11 +98,27 @@ class HttpBackend:
     connection errors and 502/503/504 with backoff."""
 
     def __init__(self, url: str, timeout: float = 120.0, retries: int = 4, backoff: float = 0.5,
-                 transport: str = "png", quality: int = DEFAULT_QUALITY) -> None:
+                 transport: str = "png", quality: int = DEFAULT_QUALITY, arrangement: str = "auto") -> None:
         self.url = url.rstrip("/")
         self.retries, self.backoff = retries, backoff
         self.transport, self.quality = _transport(transport), check_quality(quality)
+        self.arrangement = _arrangement(arrangement)
         self.client = httpx.Client(timeout=timeout)
+        self._server_arrangements: list | None = None  # from /v1/info
+
+    def arrangement_for(self, scheme: Scheme) -> str:
+        """How `scheme`'s ciphertexts travel to this server: `auto` sorts a pixel-shuffled JPEG only
+        when the server lists the sorted arrangement (older servers get the shuffled order)."""
+        if self._server_arrangements is None:
+            self.info()
+        offered = self._server_arrangements or ["none"]
+        if self.arrangement == "auto":
+            chosen = transport_arrangement(scheme, self.transport)
+            return chosen if chosen in offered else "none"
+        chosen = transport_arrangement(scheme, self.transport, self.arrangement)
+        if chosen not in offered:
+            raise UserError(f"the server does not accept the {chosen} arrangement for its model; use --arrangement none")
+        return chosen
 
     def _request(self, method: str, path: str, **kw) -> httpx.Response:
         delay = self.backoff
@@ -139,16 +160,20 @@ class HttpBackend:
             body = None
         if not isinstance(body, dict):
             raise UserError(f"{self.url} is not an encseg server (GET /v1/info did not answer a JSON object)")
+        offered = body.get("arrangements")
+        self._server_arrangements = [a for a in offered if a in ARRANGEMENTS] if isinstance(offered, list) else ["none"]
         return body
 
     def segment(self, enc: EncryptedImage) -> np.ndarray:
-        body = encode_encrypted(enc, self.transport, self.quality)
+        arrangement = self.arrangement_for(enc.scheme)
+        body = encode_encrypted(enc, self.transport, self.quality, arrangement)
         name, mime = ("encrypted.jpg", "image/jpeg") if self.transport == "jpeg" else ("encrypted.png", "image/png")
         r = self._request("POST", "/v1/segment", files={"image": (name, body, mime)},
                           data={"scheme": enc.scheme.to_json()})
         if r.status_code != 200:
             raise self._refusal(r)
-        return read_label_answer(r.content, enc.data.shape[:2])
+        labels = read_label_answer(r.content, enc.data.shape[:2])
+        return restore_labels(labels, enc.data, enc.scheme) if arrangement == SORTED else labels
 
     def close(self) -> None:
         self.client.close()
@@ -184,9 +209,20 @@ class LocalBackend:
     """The same round trip with the model in this process (no server, no network); with
     transport="jpeg" the model sees what a server would decode from the JPEG."""
 
-    def __init__(self, segmenter: Segmenter, transport: str = "png", quality: int = DEFAULT_QUALITY) -> None:
+    def __init__(self, segmenter: Segmenter, transport: str = "png", quality: int = DEFAULT_QUALITY,
+                 arrangement: str = "auto") -> None:
         self.segmenter = segmenter
         self.transport, self.quality = _transport(transport), check_quality(quality)
+        self.arrangement = _arrangement(arrangement)
+
+    def arrangement_for(self, scheme: Scheme) -> str:
+        """As `HttpBackend.arrangement_for`, with the model's own invariances in place of /v1/info."""
+        chosen = transport_arrangement(scheme, self.transport, self.arrangement)
+        if chosen == SORTED and not self.segmenter.info.order_free(scheme):
+            if self.arrangement == "auto":
+                return "none"
+            raise UserError(f"this model is not order-free inside {scheme.name}'s pixel groups; use --arrangement none")
+        return chosen
 
     def info(self) -> dict:
         i = self.segmenter.info
@@ -199,11 +235,20 @@ class LocalBackend:
         if h % p or w % p:
             raise UserError(f"the encrypted image is {h}x{w}; this model needs multiples of {p} (use block size {p})")
         check_transport(enc.scheme, self.transport)
-        data = jpeg_roundtrip(enc.data, self.quality) if self.transport == "jpeg" else enc.data
-        return self.segmenter.predict(data[None])[0].labels
+        arrangement = self.arrangement_for(enc.scheme)
+        data = arrange(enc.data, enc.scheme) if arrangement == SORTED else enc.data
+        data = jpeg_roundtrip(data, self.quality) if self.transport == "jpeg" else data
+        labels = self.segmenter.predict(data[None])[0].labels
+        return restore_labels(labels, enc.data, enc.scheme) if arrangement == SORTED else labels
 
     def close(self) -> None:
         pass
+
+
+def _arrangement(name: str) -> str:
+    if name not in ("auto",) + ARRANGEMENTS:
+        raise UserError(f"the arrangement is auto, none or sorted (got {name!r})")
+    return name
 
 
 def _transport(name: str) -> str:

@@ -130,6 +130,9 @@ def segment(
                             "bytes than PNG at quality 90; block size a multiple of 8; the label map still "
                             "decrypts exactly)"),
     quality: Optional[int] = typer.Option(None, help="JPEG quality 1-100 for --format jpeg (default 90)"),
+    arrangement: str = typer.Option("auto", help="pixel order the ciphertext travels in: auto (JPEG of a pixel-shuffled "
+                                    "scheme: each block's pixels sorted, format v3, when the server accepts it), "
+                                    "none or sorted"),
     retries: int = typer.Option(4, help="retries on connection errors (exponential backoff)"),
 ) -> None:
     """Segment images privately: fresh key per image, encrypt, send, decrypt the label map, drop the key."""
@@ -149,15 +152,16 @@ def segment(
     if local is not None:
         from encseg.service.segmenter import Segmenter
 
-        backend = LocalBackend(Segmenter.from_checkpoint(local), transport=fmt, quality=quality)
+        backend = LocalBackend(Segmenter.from_checkpoint(local), transport=fmt, quality=quality, arrangement=arrangement)
     else:
-        backend = HttpBackend(server, retries=retries, transport=fmt, quality=quality)
+        backend = HttpBackend(server, retries=retries, transport=fmt, quality=quality, arrangement=arrangement)
     try:
         info = backend.info()
         s = default_scheme(info)
         if scheme is not None:
             s = Scheme.parse(scheme, block_size=block_size or s.block_size)
         check_transport(s, fmt)  # once, before any image: JPEG needs a block size that is a multiple of 8
+        arranged = backend.arrangement_for(s)  # and the arrangement (a one-line refusal before any image)
         palette = palette_of(info)
         if out.exists() and not out.is_dir():
             raise UserError(f"--out {out} exists and is not a folder")
@@ -186,10 +190,11 @@ def segment(
             write_atomic(out / f"{stem}_overlay.png", encode_png(res.overlay))
             if save_encrypted:
                 ext = "jpg" if fmt == "jpeg" else "png"  # the same bytes the backend was sent
-                write_encrypted(out / f"{stem}_encrypted.{ext}", res.encrypted, fmt, quality)
+                write_encrypted(out / f"{stem}_encrypted.{ext}", res.encrypted, fmt, quality, arranged)
             del res  # the key goes with it
         done = len(images) - failed
-        typer.echo(f"segmented {done}/{len(images)} image(s) with scheme {s.name} -> {out}"
+        how = f", {fmt.upper()}" + (", pixels sorted inside each block (format v3)" if arranged == "sorted" else "")
+        typer.echo(f"segmented {done}/{len(images)} image(s) with scheme {s.name}{how} -> {out}"
                    + ("" if keep_key else " (keys discarded)"), err=True)
         if failed:
             raise UserError(f"{failed} of {len(images)} image(s) failed (see above)")

@@ -37,6 +37,7 @@ class ModelInfo:
     config: dict = field(default_factory=dict)
     key_mode: str | None = None  # how training images were keyed: per-image, shared or none
     trained_on: dict = field(default_factory=dict)  # what the checkpoint says of its data and score (TRAINED_ON_KEYS)
+    invariances: tuple[str, ...] = ()  # scheme step codes the model commutes with by construction (SETRConfig.invariances)
 
     def __post_init__(self) -> None:
         if not 1 <= self.num_classes <= 255:
@@ -47,6 +48,16 @@ class ModelInfo:
             self.palette = self.palette or palette
         if len(self.class_names) != self.num_classes or len(self.palette) != self.num_classes:
             raise UserError("class names and palette must have one entry per class")
+
+    def order_free(self, scheme: Scheme) -> bool:
+        """Whether the model ignores pixel order inside the q x q groups of `scheme`'s pixel shuffle, so
+        a ciphertext may arrive in the sorted arrangement (docs/encryption-format.md section 13.3)."""
+        from encseg.cipher.arrange import arrangement_group
+
+        q = arrangement_group(scheme)
+        if q is None or self.patch_size % q:  # a group must lie inside one of the model's patches
+            return False
+        return ("psb" if q == self.patch_size else f"psb{q}") in self.invariances
 
     @property
     def block_size(self) -> int:
@@ -101,6 +112,7 @@ class Segmenter:
                 config={k: v for k, v in cfg_dict.items() if isinstance(v, (int, float, str, bool, list, tuple, type(None)))},
                 key_mode=key_mode_from_extra(extra),
                 trained_on={k: extra[k] for k in TRAINED_ON_KEYS if extra.get(k) is not None},
+                invariances=tuple(cfg.invariances) if hasattr(cfg, "invariances") else (),
             )
             stride = None
             if crop is None:

@@ -31,6 +31,7 @@ import numpy as np
 from PIL import Image
 
 from encseg.cipher import Scheme
+from encseg.cipher.arrange import SORTED, arrangement_group
 from encseg.cipher import jpeg as _jpeg
 from encseg.errors import UserError
 from encseg.service.settings import Limits
@@ -593,30 +594,39 @@ def scheme_from_field(value: object, block_size: int | None = None, default_bloc
     return scheme
 
 
-def scheme_from_chunk(text: str, max_bytes: int = 64 * 1024) -> tuple[Scheme, tuple[int, int] | None]:
-    """The scheme (and original size) from an `encseg` text chunk, parsed with bounds."""
+def scheme_from_chunk(text: str, max_bytes: int = 64 * 1024) -> tuple[Scheme, tuple[int, int] | None, str]:
+    """The scheme, original size and arrangement (none, or sorted: format v3) from an `encseg` text
+    chunk, parsed with bounds."""
     meta = parse_json(text, "the PNG's encseg chunk", max_bytes, status=422)
     if not isinstance(meta, dict) or "scheme" not in meta:
         raise Refused(422, 'the PNG\'s encseg chunk is not {"version": 1, "scheme": {...}, "original_size": [H, W]}')
     if has_key_member(meta):
         raise Refused(400, KEY_REFUSAL)
-    if set(meta) - {"version", "scheme", "original_size"}:
-        raise Refused(422, "the PNG's encseg chunk has members other than version, scheme and original_size")
-    if meta.get("version", 1) != 1 or isinstance(meta.get("version", 1), bool):
-        raise Refused(422, "the PNG's encseg chunk has another version; this server reads version 1")
+    if set(meta) - {"version", "scheme", "original_size", "arrangement"}:
+        raise Refused(422, "the PNG's encseg chunk has members other than version, scheme, original_size and arrangement")
+    version = meta.get("version", 1)
+    if isinstance(version, bool) or version not in (1, 3):
+        raise Refused(422, "the PNG's encseg chunk has another version; this server reads versions 1 and 3")
+    arrangement = meta.get("arrangement", "none")
+    if version == 1 and "arrangement" in meta:
+        raise Refused(422, "the PNG's encseg chunk names an arrangement under version 1 (arrangements are version 3)")
+    if version == 3 and arrangement != SORTED:
+        raise Refused(422, "an encseg chunk of version 3 has \"arrangement\": \"sorted\"")
     try:
         scheme = Scheme.from_dict(meta["scheme"])
     except UserError as exc:
         raise _user_error(exc) from None
     except Exception:  # noqa: BLE001
         raise Refused(422, "the scheme in the PNG's encseg chunk is not a valid descriptor") from None
+    if arrangement == SORTED and arrangement_group(scheme) is None:
+        raise Refused(422, f"the sorted arrangement needs a scheme with pixel shuffling; {scheme.name} has none")
     size = meta.get("original_size")
     if size is not None:
         if not (isinstance(size, list) and len(size) == 2
                 and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
             raise Refused(422, "original_size in the PNG's encseg chunk is not [H, W] of positive integers")
         size = (size[0], size[1])
-    return scheme, size
+    return scheme, size, arrangement
 
 
 def resolve_scheme(field: Scheme | None, chunk: Scheme | None, block_size: int | None = None) -> Scheme:
