@@ -310,3 +310,29 @@ def test_cli_jpeg_round_trip_through_a_per_pixel_server_decrypts_the_label_map_e
     code, out, err = run_cli("encrypt", tmp_path / "in.png", "-o", tmp_path / "b.jpg", "--scheme", "bs-np-cs",
                              "--arrangement", "sorted")
     assert code != 0 and "pixel shuffling" in err and not (tmp_path / "b.jpg").exists()
+
+
+# -- training on what clients send ----------------------------------------------------------------
+
+@pytest.mark.parametrize("geometry", [False, True], ids=["labels", "distillation index map"])
+def test_jpeg_training_samples_are_arranged_and_their_labels_move_with_the_pixels(geometry):
+    from encseg.cipher import CipherTransform
+    from encseg.data.augment import AugmentConfig, TrainTransform
+
+    from tests.test_transport import classify, grey_block_image
+
+    img, labels = grey_block_image(48, 64, seed=11, halves=True)  # labels are a function of each pixel's grey
+    cfg = AugmentConfig(crop=(48, 64), ratio_range=(1.0, 1.0), photometric=False, flip_prob=0.0)
+    t = TrainTransform(cfg, CipherTransform(Scheme.parse("bs-psb-np-cs")), seed=1, jpeg_quality=(100, 100),
+                       geometry=geometry)
+    out = t(img, labels, (0, 0))
+    x = out[0].permute(1, 2, 0).numpy()
+    y = out[1].numpy()
+    # arranged before JPEG: along each block's row-major slots the grey level only rises (up to JPEG's
+    # rounding); the shuffled order of two-level blocks would fall at about half of the level changes
+    blocks = x.reshape(3, 16, 4, 16, 3).transpose(0, 2, 1, 3, 4).reshape(12, 256, 3).astype(int).sum(-1)
+    steps = np.diff(blocks, axis=1)
+    assert (steps > 24).any() and not (steps < -24).any()
+    assert np.array_equal(y, classify(x))  # every pixel still carries its own label
+    if geometry:
+        assert np.array_equal(labels.reshape(-1)[out[3].numpy()].reshape(48, 64), y)  # where[] is exact

@@ -126,6 +126,17 @@ def augment(image: np.ndarray, label: np.ndarray, cfg: AugmentConfig, rng: np.ra
     return np.ascontiguousarray(image), np.ascontiguousarray(label)
 
 
+def _arranged(cipher) -> object | None:
+    """The scheme whose JPEG ciphertexts a client sends in the sorted arrangement (docs/encryption-format.md
+    section 13), or None: training on JPEG samples arranges them as the client does."""
+    from encseg.cipher.arrange import SORTED, transport_arrangement
+
+    scheme = getattr(cipher, "scheme", None)
+    if cipher is None or getattr(cipher, "mode", "none") == "none" or scheme is None:
+        return None
+    return scheme if transport_arrangement(scheme, "jpeg") == SORTED else None
+
+
 def random_jpeg(image: np.ndarray, rng: np.random.Generator, quality: tuple[int, int]) -> np.ndarray:
     """The image after a JPEG round trip (baseline 4:4:4, as the transport sends ciphertexts) at a
     quality drawn uniformly from [lo, hi]; sides must be multiples of 8."""
@@ -168,7 +179,12 @@ class TrainTransform:
             return self._with_geometry(image, label, rng)
         if self.cipher is not None:
             image, label = self.cipher(image, label)
-        if self.jpeg_quality is not None:  # after encryption, as a client would
+        if self.jpeg_quality is not None:  # after encryption, as a client would: arranged, then JPEG
+            scheme = _arranged(self.cipher)
+            if scheme is not None:
+                from encseg.cipher.arrange import arrange, arrange_labels
+
+                image, label = arrange(image, scheme), arrange_labels(label, image, scheme)
             image = random_jpeg(image, rng, self.jpeg_quality)
         return _chw(image), torch.from_numpy(label.astype(np.int64))
 
@@ -183,5 +199,12 @@ class TrainTransform:
         where = where.reshape(-1)
         label = label.reshape(-1)[where].reshape(h, w)  # == the cipher's own label map under that key
         if self.jpeg_quality is not None:
+            scheme = _arranged(self.cipher)
+            if scheme is not None:  # the index map moves with the pixels, so `where` stays exact
+                from encseg.cipher.arrange import arrange, arrange_labels
+
+                where = arrange_labels(where.reshape(h, w), image, scheme).reshape(-1)
+                label = arrange_labels(label, image, scheme)
+                image = arrange(image, scheme)
             image = random_jpeg(image, rng, self.jpeg_quality)
         return _chw(image), torch.from_numpy(label.astype(np.int64)), _chw(plain), torch.from_numpy(where)
