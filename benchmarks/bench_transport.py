@@ -4,7 +4,9 @@
 - plain JPEG of the scene at each quality, as a camera client would send it without encseg
   (Pillow's default 4:2:0, and 4:4:4 -- the sampling the transport must use);
 - the encrypted scene as PNG (what encseg sent before; the clients' compress_level=1 and level 9);
-- the encrypted scene as JPEG (baseline 4:4:4, the transport) at each quality, per scheme.
+- the encrypted scene as JPEG (baseline 4:4:4, the transport) at each quality, per scheme: for a
+  pixel-shuffled scheme in the sorted arrangement the clients use (format v3, section 13; encode
+  time includes the sort), and, for comparison, in the key's shuffled order ("unsorted").
 
 Bytes are the mean over the scenes; times are the best of --repeats per image, one thread. Encode
 time is the client's (bytes from the ciphertext array, metadata included); decode time is the
@@ -36,6 +38,7 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from encseg.cipher import Key, Scheme, encrypt  # noqa: E402
+from encseg.cipher.arrange import SORTED, arrange, transport_arrangement  # noqa: E402
 from encseg.cipher import jpeg as J  # noqa: E402
 from encseg.cipher.io import METADATA_CHUNK, encode_png, metadata_text  # noqa: E402
 from encseg.data.streets import render_scene  # noqa: E402
@@ -84,25 +87,33 @@ def png_level9(arr: np.ndarray, text: dict) -> bytes:
     return buf.getvalue()
 
 
+def variants(scheme: Scheme) -> list[tuple[str, str]]:
+    """(row label, arrangement): the transport clients use ("JPEG": sorted for a pixel-shuffled
+    scheme), and for those schemes the key's shuffled order as well, for comparison."""
+    chosen = transport_arrangement(scheme, "jpeg")
+    return [("JPEG", chosen)] + ([("JPEG unsorted", "none")] if chosen == SORTED else [])
+
+
 def print_miou(pattern: str) -> None:
     rows: dict[str, list[float]] = defaultdict(list)
     for path in sorted(glob.glob(pattern)):
         d = json.loads(open(path).read())
         q = d.get("jpeg_quality")
-        rows["PNG" if q is None else f"JPEG q{q}"].append(float(d["miou"]))
+        tail = " unsorted" if q is not None and d.get("arrangement") == "none" else ""
+        rows["PNG" if q is None else f"JPEG q{q}{tail}"].append(float(d["miou"]))
     if not rows:
         print(f"\nno mIoU results match {pattern!r}")
         return
     png = statistics.mean(rows["PNG"]) if rows.get("PNG") else None
     print(f"\nmIoU (from `encseg evaluate`, files {pattern}; per-image keys, 100 val scenes 128x256):")
-    print(f"{'transport':<10} {'runs':>4} {'mean':>6} {'min':>6} {'max':>6} {'vs PNG':>7}")
-    order = ["PNG"] + sorted((k for k in rows if k != "PNG"), key=lambda k: -int(k[6:]))
+    print(f"{'transport':<19} {'runs':>4} {'mean':>6} {'min':>6} {'max':>6} {'vs PNG':>7}")
+    order = ["PNG"] + sorted((k for k in rows if k != "PNG"), key=lambda k: (-int(k[6:].split()[0]), k))
     for k in order:
         v = rows.get(k)
         if not v:
             continue
         delta = "" if png is None or k == "PNG" else f"{statistics.mean(v) - png:+.2f}"
-        print(f"{k:<10} {len(v):>4} {statistics.mean(v):6.2f} {min(v):6.2f} {max(v):6.2f} {delta:>7}")
+        print(f"{k:<19} {len(v):>4} {statistics.mean(v):6.2f} {min(v):6.2f} {max(v):6.2f} {delta:>7}")
 
 
 def main() -> None:
@@ -140,13 +151,20 @@ def main() -> None:
             rows[(f"{scheme.name} PNG", None)].append((len(data), te, td))
             te, data = best(lambda: png_level9(enc.data, text), 1)
             rows[(f"{scheme.name} PNG level 9", None)].append((len(data), te, float("nan")))
-            for q in qualities:
-                te, data = best(lambda: J.encode_jpeg(enc.data, q, text[METADATA_CHUNK]), args.repeats)
-                tw, _ = best(lambda: J.read_jpeg_header(data, max_pixels=1 << 22), args.repeats)
-                td, out = best(lambda: server_jpeg(data), args.repeats)
-                assert out.shape == enc.data.shape
-                rows[(f"{scheme.name} JPEG", q)].append((len(data), te, td))
-                rows[(f"{scheme.name} JPEG walk", q)].append((0, 0.0, tw))
+            for label, arrangement in variants(scheme):
+                atext = metadata_text(scheme, enc.original_size, arrangement)[METADATA_CHUNK]
+
+                def client(q, arrangement=arrangement, atext=atext):
+                    sent = arrange(enc.data, scheme) if arrangement == SORTED else enc.data
+                    return J.encode_jpeg(sent, q, atext)
+
+                for q in qualities:
+                    te, data = best(lambda: client(q), args.repeats)
+                    tw, _ = best(lambda: J.read_jpeg_header(data, max_pixels=1 << 22), args.repeats)
+                    td, out = best(lambda: server_jpeg(data), args.repeats)
+                    assert out.shape == enc.data.shape
+                    rows[(f"{scheme.name} {label}", q)].append((len(data), te, td))
+                    rows[(f"{scheme.name} {label} walk", q)].append((0, 0.0, tw))
 
     def mean(key, i):
         return statistics.mean(r[i] for r in rows[key])
@@ -164,14 +182,19 @@ def main() -> None:
         png9 = mean((f"{scheme.name} PNG level 9", None), 0)
         print(f"{scheme.name + ' PNG level 9':<26} {'-':>3} {png9 / 1e6:7.3f} "
               f"{mean((f'{scheme.name} PNG level 9', None), 1) * 1e3:7.1f} {'-':>7}")
-        for q in qualities:
-            key = (f"{scheme.name} JPEG", q)
-            b = mean(key, 0)
-            r420, r444 = b / mean(("plain JPEG 4:2:0", q), 0), b / mean(("plain JPEG 4:4:4", q), 0)
-            ok = r420 <= GOAL_RATIO
-            met.append((scheme.name, q, ok))
-            print(f"{scheme.name + ' JPEG':<26} {q:>3} {b / 1e6:7.3f} {mean(key, 1) * 1e3:7.1f} {mean(key, 2) * 1e3:7.1f} "
-                  f"{r420:9.2f} {r444:9.2f} {png / b:8.1f}  {'met' if ok else 'MISSED'} (<= {GOAL_RATIO}x plain 4:2:0)")
+        for label, _ in variants(scheme):
+            for q in qualities:
+                key = (f"{scheme.name} {label}", q)
+                b = mean(key, 0)
+                r420, r444 = b / mean(("plain JPEG 4:2:0", q), 0), b / mean(("plain JPEG 4:4:4", q), 0)
+                ok = r420 <= GOAL_RATIO
+                goal = f"{'met' if ok else 'MISSED'} (<= {GOAL_RATIO}x plain 4:2:0)"
+                if label == "JPEG":  # the transport clients use; "unsorted" is for comparison
+                    met.append((scheme.name, q, ok))
+                else:
+                    goal = "(not sent by clients)"
+                print(f"{scheme.name + ' ' + label:<26} {q:>3} {b / 1e6:7.3f} {mean(key, 1) * 1e3:7.1f} "
+                      f"{mean(key, 2) * 1e3:7.1f} {r420:9.2f} {r444:9.2f} {png / b:8.1f}  {goal}")
         walk = statistics.mean(mean((f"{scheme.name} JPEG walk", q), 2) for q in qualities)
         print(f"{'  (marker walk alone)':<26} {'':>3} {'':>7} {'':>7} {walk * 1e3:7.2f}")
     print("\nbytes goal (encrypted JPEG <= 1.5x plain JPEG 4:2:0 at the same quality): "
