@@ -10,6 +10,7 @@ import { decodePNG, encodePNG } from "./png.js";
 import { ImageRefused, downscale, readImageFile } from "./imagefile.js";
 import { Cancelled, ServerError, postForLabels } from "./transport.js";
 import * as jpeg from "./jpeg.js";
+import * as arrangement from "./arrange.js";
 
 const $ = (id) => document.getElementById(id);
 const STAGES = ["decode", "encrypt", "upload", "segment", "decrypt", "draw"];
@@ -248,6 +249,10 @@ async function segmentRun(run, item) {
     const wantJpeg = !$("transport-box").hidden && $("transport").value === "jpeg";
     const jpegProblem = wantJpeg ? jpeg.blockSizeProblem(scheme.block_size) : null;
     const transport = wantJpeg && !jpegProblem ? "jpeg" : "png";
+    // format v3 (section 13): a JPEG of a pixel-shuffled scheme travels with every group sorted, when the
+    // server's model is order-free inside the groups (it lists "sorted" in /v1/info arrangements)
+    const group = arrangement.arrangementGroup(scheme);
+    const wantSorted = transport === "jpeg" && group !== null && arrangement.serverSorts(info);
     const problem = limitProblem(img, scheme.block_size);
     if (problem) return offerDownscale(run, item, problem, 1);
     if (plain) {
@@ -260,35 +265,58 @@ async function segmentRun(run, item) {
     run.key = key;
     const enc = await cipher.encrypt(img, key, scheme);
     live(run);
-    const meta = { version: 1, scheme: enc.scheme, original_size: enc.originalSize };
-    const upload = transport === "jpeg"
-      ? await jpeg.encodeCiphertext(enc.data, enc.width, enc.height, meta, jpeg.DEFAULT_QUALITY)
-      : await encodePNG(enc.data, enc.width, enc.height, 3, { encseg: JSON.stringify(meta) });
+    // what travels: the ciphertext, or (v3) the ciphertext with each group's pixels sorted; the order
+    // itself is recomputed from enc when the answer comes back, never kept or sent
+    const wireFor = async (arranged) => {
+      const sent = arranged ? arrangement.arrange(enc, enc.scheme) : enc;
+      const meta = arranged ? arrangement.arrangedMeta(enc.scheme, enc.originalSize)
+        : { version: 1, scheme: enc.scheme, original_size: enc.originalSize };
+      const upload = transport === "jpeg"
+        ? await jpeg.encodeCiphertext(sent.data, sent.width, sent.height, meta, jpeg.DEFAULT_QUALITY)
+        : await encodePNG(sent.data, sent.width, sent.height, 3, { encseg: JSON.stringify(meta) });
+      return { sorted: arranged, sent, upload };
+    };
+    let wire = await wireFor(wantSorted);
     live(run);
-    stage(run, "encrypt", plain ? "skipped" : "done", `${plain ? "not encrypted (plain), " : ""}${transport.toUpperCase()} ${kb(upload.size)}`);
+    stage(run, "encrypt", plain ? "skipped" : "done", `${plain ? "not encrypted (plain), " : ""}${transport.toUpperCase()}${wire.sorted ? " sorted" : ""} ${kb(wire.upload.size)}`);
     const limit = info.limits.max_body_bytes;
-    if (limit && upload.size + MULTIPART_SLACK > limit) {
-      const scale = Math.sqrt((limit - MULTIPART_SLACK) / upload.size) * 0.95;
+    if (limit && wire.upload.size + MULTIPART_SLACK > limit) {
+      const scale = Math.sqrt((limit - MULTIPART_SLACK) / wire.upload.size) * 0.95;
       const orJpeg = transport === "png" && !$("transport-box").hidden ? " (or choose “Upload as: JPEG”, several times smaller)" : "";
-      return offerDownscale(run, item, `the ${plain ? "" : "encrypted "}image is ${kb(upload.size)} as ${transport.toUpperCase()}, over the server's upload limit of ${kb(limit)}${orJpeg}`, scale);
+      return offerDownscale(run, item, `the ${plain ? "" : "encrypted "}image is ${kb(wire.upload.size)} as ${transport.toUpperCase()}, over the server's upload limit of ${kb(limit)}${orJpeg}`, scale);
     }
 
-    stage(run, "upload", "active");
-    setState("working", `Uploading ${plain ? "the unencrypted" : "the encrypted"} image (${kb(upload.size)})…`);
-    const form = new FormData();
-    form.append("image", upload, transport === "jpeg" ? "encrypted.jpg" : "encrypted.png");
-    form.append("scheme", JSON.stringify(enc.scheme));
-    const resp = await postForLabels("/v1/segment", form, {
-      signal: run.signal,
-      onUploadProgress: (f) => { if (run === current) $("upload-progress").value = Math.round(100 * f); },
-      onUploaded: () => {
-        if (run !== current) return;
-        $("upload-progress").value = 100;
-        stage(run, "upload", "done");
-        stage(run, "segment", "active");
-        setState("working", "The server is segmenting the image…");
-      },
-    });
+    const send = (w) => {
+      stage(run, "upload", "active");
+      setState("working", `Uploading ${plain ? "the unencrypted" : "the encrypted"} image (${kb(w.upload.size)}${w.sorted ? ", pixels sorted in each block" : ""})…`);
+      const form = new FormData();
+      form.append("image", w.upload, transport === "jpeg" ? "encrypted.jpg" : "encrypted.png");
+      form.append("scheme", JSON.stringify(enc.scheme));
+      return postForLabels("/v1/segment", form, {
+        signal: run.signal,
+        onUploadProgress: (f) => { if (run === current) $("upload-progress").value = Math.round(100 * f); },
+        onUploaded: () => {
+          if (run !== current) return;
+          $("upload-progress").value = 100;
+          stage(run, "upload", "done");
+          stage(run, "segment", "active");
+          setState("working", "The server is segmenting the image…");
+        },
+      });
+    };
+    let resp, sortRefused = false;
+    try {
+      resp = await send(wire);
+    } catch (err) {
+      // /v1/info names the model's arrangements, not each scheme's: a model order-free only inside smaller
+      // groups than this scheme's refuses the sorted image (422). Then the ciphertext goes unarranged.
+      if (!(wire.sorted && err instanceof ServerError && err.status === 422)) throw err;
+      live(run);
+      sortRefused = true;
+      wire = await wireFor(false);
+      live(run);
+      resp = await send(wire);
+    }
     live(run);
     if ($("stages").querySelector('[data-stage="upload"]').dataset.status !== "done") stage(run, "upload", "done");
     stage(run, "segment", "done");
@@ -299,14 +327,17 @@ async function segmentRun(run, item) {
     if (labels.channels !== 1 || labels.width !== enc.width || labels.height !== enc.height) {
       throw new ServerError(`The server answered a ${labels.width}x${labels.height} label map for a ${enc.width}x${enc.height} image.`);
     }
-    const mask = await cipher.decryptMask(labels, key, enc.scheme, enc.originalSize);
+    // an answer to an arranged upload is in arranged geometry: back to the ciphertext's, then decrypt
+    const inEncrypted = wire.sorted ? arrangement.restoreLabels(labels, enc, enc.scheme) : labels;
+    const mask = await cipher.decryptMask(inEncrypted, key, enc.scheme, enc.originalSize);
     live(run);
     stage(run, "decrypt", "done");
 
     stage(run, "draw", "active");
     const header = resp.headers["x-encseg-trained-for-scheme"];
     const trained = header === null ? isTrained(scheme) : header === "true";
-    const result = { id: run.id, name, img, enc, labels, mask, key, scheme: enc.scheme, plain, trained, transport, jpegProblem, sourceSize: item.sourceSize };
+    const result = { id: run.id, name, img, enc, sent: wire.sent, labels, mask, key, scheme: enc.scheme, plain, trained, transport,
+      arrangement: wire.sorted ? arrangement.SORTED : arrangement.NONE, group, sortRefused, jpegProblem, sourceSize: item.sourceSize };
     const downloads = await buildDownloads(result);
     live(run);
     show(result, downloads); // synchronous from here: nothing can interleave
@@ -345,12 +376,21 @@ function kb(bytes) {
 function doneMessage(r, ms) {
   const parts = [`Done in ${Math.round(ms)} ms: ${r.name}, scheme ${cipher.schemeName(r.scheme)}.`];
   if (r.plain) parts.push("The server received your image UNENCRYPTED (scheme plain): it saw the image itself.");
-  else parts.push(`The server received only the encrypted image${r.transport === "jpeg" ? " (as JPEG)" : ""} shown in the second panel, and no key.`);
+  else parts.push(`The server received only the encrypted image${transportNote(r)} shown in the second panel, and no key.`);
   if (r.jpegProblem) parts.push(`Sent as PNG: ${r.jpegProblem}.`);
+  if (r.sortRefused) parts.push("The server does not take this scheme's pixels sorted, so they went in the cipher's order.");
   if (!r.trained) parts.push(`Warning: the model was not trained for ${cipher.schemeName(r.scheme)}, so expect a poor segmentation.`);
   const [h0, w0] = r.sourceSize;
   if (h0 !== r.img.height || w0 !== r.img.width) parts.push(`The image was downscaled from ${w0}x${h0} to ${r.img.width}x${r.img.height}.`);
   return parts.join(" ");
+}
+
+/** How the ciphertext travelled, for the status line: "", " (as JPEG)", or the sorted arrangement. */
+function transportNote(r) {
+  if (r.transport !== "jpeg") return "";
+  if (r.arrangement !== arrangement.SORTED) return " (as JPEG)";
+  const unit = r.group === r.scheme.block_size ? "block" : "group";
+  return ` (as JPEG, pixels sorted inside each ${r.group}x${r.group} ${unit}, format v3)`;
 }
 
 // -- drawing ---------------------------------------------------------------------------------------
@@ -463,12 +503,20 @@ function show(r, downloads) {
   const counts = classShares(r.mask.data), total = r.mask.data.length;
   const top = [...counts.keys()].filter((i) => counts[i]).sort((a, b) => counts[b] - counts[a]).slice(0, 4);
   r.summary = top.map((i) => `${info.classes[i]} ${(100 * counts[i] / total).toFixed(0)}%`).join(", ") || "no class";
-  drawRGB($("encrypted"), r.enc.data, r.enc.width, r.enc.height);
-  $("encrypted-caption").textContent = r.plain ? "What the server saw: your image, NOT encrypted" : "What the server sees (encrypted)";
+  const sorted = r.arrangement === arrangement.SORTED;
+  drawRGB($("encrypted"), r.sent.data, r.sent.width, r.sent.height); // what was sent: arranged, if it was
+  $("encrypted-caption").textContent = r.plain ? "What the server saw: your image, NOT encrypted"
+    : sorted ? `What the server sees (encrypted, pixels sorted in each ${r.group === r.scheme.block_size ? "block" : "group"})`
+    : "What the server sees (encrypted)";
   describe($("encrypted"), r.plain ? `The image sent to the server, not encrypted: ${r.name}`
+    : sorted ? `The encrypted image sent to the server, with the pixels of each ${r.group} by ${r.group} group sorted: ` +
+      `blocks of colour ramps, ${r.sent.width} by ${r.sent.height} pixels`
     : `The encrypted image sent to the server: blocks of noise, ${r.enc.width} by ${r.enc.height} pixels`);
   drawRGB($("server-labels"), colourise(r.labels.data, info.palette), r.labels.width, r.labels.height);
-  describe($("server-labels"), "The server's answer: class colours in encrypted geometry, scrambled like the image it saw");
+  $("server-labels-caption").textContent = sorted ? "What the server answers (labels on the sorted image it received)"
+    : "What the server answers (labels in encrypted geometry)";
+  describe($("server-labels"), sorted ? "The server's answer: class colours on the sorted encrypted image it saw"
+    : "The server's answer: class colours in encrypted geometry, scrambled like the image it saw");
   drawResultPanel();
   showLegend(counts, total);
   setDownload($("download-mask"), ...downloads.mask);
@@ -489,6 +537,7 @@ function clearResult() {
   clearCanvas($("server-labels"), "The server's answer: none yet");
   clearCanvas($("overlay"), "The segmentation: none yet");
   $("encrypted-caption").textContent = "What the server sees";
+  $("server-labels-caption").textContent = "What the server answers (labels in encrypted geometry)";
   if (info) showLegend(null);
   for (const id of ["download-mask", "download-colour", "download-overlay"]) {
     const a = $(id);
@@ -530,7 +579,8 @@ function classAt(canvas, event) {
   const source = canvas.dataset.labels === "server" ? shown.labels : shown.mask;
   if (source.width !== canvas.width || source.height !== canvas.height) return null;
   const v = source.data[y * source.width + x];
-  return `(${x}, ${y}): ${info.classes[v] ?? `label ${v}`}${canvas.dataset.labels === "server" ? " (in encrypted geometry)" : ""}`;
+  const where = shown.arrangement === arrangement.SORTED ? " (on the sorted image the server saw)" : " (in encrypted geometry)";
+  return `(${x}, ${y}): ${info.classes[v] ?? `label ${v}`}${canvas.dataset.labels === "server" ? where : ""}`;
 }
 
 function openZoom(id) {
@@ -614,10 +664,14 @@ function setUpTransport() {
     const j = $("transport").value === "jpeg";
     const problem = j ? jpeg.blockSizeProblem(selectedScheme().block_size) : null;
     $("transport-note").hidden = !j;
+    const group = arrangement.arrangementGroup(selectedScheme());
+    const sorts = group !== null && arrangement.serverSorts(info);
     $("transport-note").textContent = !j ? "" : problem ? `${problem}: PNG is used.`
       : `JPEG (quality ${jpeg.DEFAULT_QUALITY}, 4:4:4, no chroma subsampling): a smaller upload, and the label map still ` +
         "decrypts exactly; the server's copy of the encrypted image is lossy, and a model trained on PNG ciphertexts can score " +
-        "noticeably lower on it (docs/benchmarks.md measures the shipped demo model).";
+        "noticeably lower on it (docs/benchmarks.md measures the shipped demo model)." +
+        (sorts ? ` This server's model ignores the order of the pixels inside each ${group}x${group} group, so the page sends ` +
+          "each group's pixels sorted (format v3): the same answer, a smaller upload, and the key's shuffle is not in it." : "");
   };
   $("transport").addEventListener("change", () => { note(); rerun(); });
   $("scheme").addEventListener("change", note);
@@ -638,9 +692,11 @@ export function lastResult() {
     imageHeight: shown.img.height,
     mask: cipher.bytesToHex(shown.mask.data),
     encrypted: cipher.bytesToHex(shown.enc.data),
+    sent: cipher.bytesToHex(shown.sent.data), // what the server received before JPEG coding (arranged, if it was)
     scheme: shown.scheme,
     trained: shown.trained,
     transport: shown.transport,
+    arrangement: shown.arrangement,
   };
 }
 
@@ -674,7 +730,10 @@ async function init() {
   $("model-statement").textContent = modelStatement();
   $("model-info").textContent = `${info.model.name}, ${info.classes.length} classes, block size ${info.block_size}`;
   // the cipher versions the server accepts (format_versions; an older server reports only format_version)
-  $("format-version").textContent = (info.format_versions ?? [info.format_version]).map((v) => `v${v}`).join(", ");
+  // (v3, the sorted arrangement, is named when the server takes arranged uploads: /v1/info arrangements)
+  const versions = [...(info.format_versions ?? [info.format_version])];
+  if (arrangement.serverSorts(info) && !versions.includes(arrangement.ARRANGED_VERSION)) versions.push(arrangement.ARRANGED_VERSION);
+  $("format-version").textContent = versions.map((v) => `v${v}`).join(", ");
   showLegend(null);
   $("file").addEventListener("change", onFile);
   $("run").addEventListener("click", rerun);
