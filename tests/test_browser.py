@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 
 from _service_support import ServerThread, chunk, scene, serve, stand_in_segmenter
-from encseg.cipher import DEFAULT_SCHEME, Key, Scheme
+from encseg.cipher import DEFAULT_SCHEME, Key, Scheme, encrypt
 from encseg.cipher.io import read_image
 from encseg.errors import UserError
 from encseg.service.app import ServiceConfig, create_app
@@ -213,6 +213,7 @@ def corpus(tmp_path_factory):
     Image.fromarray(scene(384, 512, seed=2)).save(folder / "big.png")
     Image.fromarray(scene(40, 56, seed=3)).save(folder / "small.png")
     Image.fromarray(scene(100, 320, seed=4)).save(folder / "wide.png")
+    Image.fromarray(scene(128, 256, seed=7)).save(folder / "scene.png")  # the demo model's training size
     noise = np.random.default_rng(0).integers(0, 256, (208, 208, 3), dtype=np.uint8)
     Image.fromarray(noise).save(folder / "noise.png")
     Image.fromarray(np.dstack([scene(40, 56, seed=6), np.full((40, 56), 128, np.uint8)])).save(folder / "alpha.png")
@@ -239,6 +240,9 @@ def page(node_runner, server, demo_server, tight_server, slow_server, corpus, tm
         "limits": {"url": tight_server.url, "tooWide": str(folder / "wide.png"), "tooHeavy": str(folder / "noise.png")},
         "csp": {"url": server.url, "other": other},
         "jpeg": {"url": server.url, "image": str(folder / "big.png")},
+        # format v3: the demo model is order-free inside its blocks, so the page's JPEG travels sorted
+        "jpeg-sorted": {"scenario": "jpeg", "url": demo_server.url, "image": str(folder / "scene.png")},
+        "sort-refused": {"url": demo_server.url, "image": str(folder / "small.png")},
     }
     only = os.environ.get("ENCSEG_BROWSER_ONLY")  # e.g. "e2e,csp" while working on one scenario
     if only:
@@ -285,6 +289,47 @@ def test_page_cipher_reproduces_every_test_vector_byte_for_byte(node_runner, ser
         checks = results[f.name]["checks"]
         assert {"ciphertext", "decrypt", "encrypted_labels", "decrypt_mask"} <= set(checks)
         assert all(f"draw:{s}" in checks for s in v["streams"])
+
+
+def _arranged_cases(folder: Path) -> list[str]:
+    """Larger arrangement cases than the vectors', from the Python reference (encseg.cipher.arrange): 16-px
+    blocks with whole-block and 4 x 4 groups, and ciphertexts of few colours, so that most keys tie."""
+    from encseg.cipher.arrange import arrange, restore_labels
+
+    rng = np.random.default_rng(13)
+    folder.mkdir(parents=True, exist_ok=True)
+    names = []
+    for name, (h, w), colours in [("bs-psb-np-cs", (32, 48), 256), ("bs-psb4-np-cs", (48, 32), 5),
+                                  ("bs-ps-np-cs", (32, 32), 3), ("psb8-np-cs", (16, 64), 2)]:
+        scheme = Scheme.parse(name)
+        palette = rng.integers(0, 256, (colours, 3), dtype=np.uint8)
+        data = palette[rng.integers(0, colours, (h, w))]
+        labels = rng.integers(0, 19, (h, w), dtype=np.uint8)
+        case = {"scheme": scheme.to_dict(), "scheme_name": name, "padded_height": h, "padded_width": w,
+                "ciphertext": data.tobytes().hex(), "arranged": arrange(data, scheme).tobytes().hex(),
+                "labels": labels.tobytes().hex(), "restored_labels": restore_labels(labels, data, scheme).tobytes().hex()}
+        (folder / f"extra-{name}-{colours}.json").write_text(json.dumps(case))
+        names.append(f"extra-{name}-{colours}.json")
+    return names
+
+
+@needs_browser
+def test_page_arrangement_reproduces_every_arranged_vector_byte_for_byte(node_runner, server, tmp_path):
+    """Format v3 (section 13): the page's sort and label restore against tests/vectors/arranged, and against
+    the Python implementation on larger, tie-heavy ciphertexts."""
+    files = sorted((VECTORS / "arranged").glob("*.json"))
+    assert len(files) >= 3
+    extra = _arranged_cases(tmp_path / "extra")
+    report = node_runner("arranged", server.url, VECTORS / "arranged", tmp_path / "extra")
+    results = {r["file"]: r for r in report["vectors"]}
+    assert sorted(results) == sorted([f.name for f in files] + extra)
+    failed = {name: [k for k, ok in r["checks"].items() if not ok] for name, r in results.items() if not r["ok"]}
+    assert not failed, f"the page's arrangement disagrees with the vectors: {failed}"
+    for f in files:
+        v = json.loads(f.read_text())
+        step = next(s for s in v["scheme"]["steps"] if "shuffle" in s["name"] and s["name"] != "channel-shuffle")
+        assert results[f.name]["group"] == step.get("group", v["scheme"]["block_size"])
+        assert {"arranged", "restored_labels"} <= set(results[f.name]["checks"])
 
 
 @needs_browser
@@ -501,7 +546,9 @@ def test_page_states_what_the_model_is(page, demo_server):
     demo = result(page, "e2e")["model"]
     assert "procedural streets" in demo and "not Cityscapes photographs" in demo and DEFAULT_SCHEME in demo
     assert f"with a fresh key per test image, is {trained_on['val_miou_per_image_keys']:.1f}%" in demo
-    assert result(page, "e2e")["formats"] == "v1, v2"  # the footer names the cipher versions the server accepts
+    # the footer names the cipher versions the server accepts; v3 (the sorted arrangement) as the demo model allows it
+    assert result(page, "e2e")["formats"] == "v1, v2, v3"
+    assert result(page, "stale")["before"]["formats"] == "v1, v2"  # the stand-in model does not
     model = result(page, "stale")["before"]["model"]  # the stand-in model records no training data
     assert "stand-in-1x1" in model and "bs-ps-np-cs" in model
     assert "do not assume it is a Cityscapes model" in model
@@ -574,8 +621,9 @@ def test_page_sends_a_conforming_jpeg_ciphertext_and_its_mask_decrypts_exactly(p
     assert "(as JPEG)" in jpeg_run["status"] and jpeg_run["result"]["transport"] == "jpeg"
     assert "4:4:4" in out["note"]
     size_tag = b'"original_size":[384,512]'
-    jpegs = [b for b in server.bodies if b"\xff\xd8\xff" in b]
-    pngs = [b for b in server.bodies if b"\x89PNG" in b and size_tag in b]
+    # (told apart by the page's file names: a PNG body's compressed bytes can hold FF D8 FF by chance)
+    jpegs = [b for b in server.bodies if b'filename="encrypted.jpg"' in b]
+    pngs = [b for b in server.bodies if b'filename="encrypted.png"' in b and size_tag in b]
     assert len(jpegs) == 1 and pngs
     jpg = _jpeg_part(jpegs[0])
     assert len(jpegs[0]) * 2 < min(map(len, pngs))  # a smaller upload: under half the PNG body here
@@ -585,6 +633,9 @@ def test_page_sends_a_conforming_jpeg_ciphertext_and_its_mask_decrypts_exactly(p
     meta = json.loads(header.encseg_text)
     res = jpeg_run["result"]
     assert meta == {"version": 1, "scheme": res["scheme"], "original_size": [384, 512]}
+    # the stand-in model is not order-free inside blocks: its /v1/info has no "sorted", so nothing was arranged
+    assert "sorted" not in httpx.get(f"{server.url}/v1/info").json().get("arrangements", ["none"])
+    assert res["arrangement"] == "none" and res["sent"] == res["encrypted"] and out["panel"] == res["sent"]
     # ... and the label map the server gives for exactly these bytes decrypts, with the page's key, to the page's mask
     r = httpx.post(f"{server.url}/v1/segment", files={"image": ("c.jpg", jpg, "image/jpeg")},
                    data={"scheme": json.dumps(res["scheme"])}, timeout=60)
@@ -600,3 +651,120 @@ def test_api_docs_render_offline_in_the_browser(node_runner, server):
     out = node_runner("docs", server.url)
     assert "/v1/segment" in out["ops"] and "/v1/info" in out["ops"]
     assert out["external"] == []  # no CDN: everything came from the service
+
+
+# -- format v3: the sorted arrangement (encryption-format section 13) ------------------------------------
+
+def _com_json(jpg: bytes) -> str:
+    """The raw JSON text of the `encseg` COM segment (member order included)."""
+    at = jpg.index(b"\xff\xfe")
+    length = int.from_bytes(jpg[at + 2:at + 4], "big")
+    payload = jpg[at + 4:at + 2 + length]
+    assert payload.startswith(b"encseg\x00")
+    return payload[7:].decode("ascii")
+
+
+@needs_browser
+def test_page_sends_a_jpeg_sorted_inside_each_block_to_an_order_free_model(page, demo_server, corpus):
+    """The demo model is order-free inside its 16-px blocks (/v1/info arrangements has "sorted"): the page's
+    JPEG carries version-3 metadata and each block's pixels sorted; the answer, moved back with the
+    ciphertext the page kept, decrypts to the page's mask; PNG still travels unarranged."""
+    import httpx
+
+    from encseg.cipher import decrypt_mask
+    from encseg.cipher.arrange import arrange, restore_labels
+    from encseg.cipher.io import decode_label_png, encode_encrypted
+    from encseg.cipher.jpeg import read_jpeg_header
+
+    server = demo_server
+    out = result(page, "jpeg-sorted")
+    assert "sorted" in httpx.get(f"{server.url}/v1/info").json()["arrangements"]
+    assert out["available"]
+    png_run, jpeg_run = out["png"], out["jpeg"]
+    assert png_run["state"] == jpeg_run["state"] == "done", (png_run["status"], jpeg_run["status"])
+    res = jpeg_run["result"]
+    assert res["transport"] == "jpeg" and res["arrangement"] == "sorted"
+    assert "(as JPEG, pixels sorted inside each 16x16 block, format v3)" in jpeg_run["status"], jpeg_run["status"]
+    assert "sorted" in jpeg_run["encryptedCaption"] and "sorted" in out["serverCaption"]
+    assert "pixels sorted (format v3)" in out["note"]
+    assert jpeg_run["formats"] == "v1, v2, v3"
+
+    size_tag = b'"original_size":[128,256]'
+    bodies = [b for b in server.bodies if size_tag in b]
+    jpegs = [b for b in bodies if b'filename="encrypted.jpg"' in b]
+    pngs = [b for b in bodies if b'filename="encrypted.png"' in b]
+    assert len(jpegs) == 1 and len(pngs) == 1
+
+    # PNG stays unarranged: version-1 metadata and the ciphertext's own pixels
+    assert png_run["result"]["arrangement"] == "none"
+    assert b'{"version":1,' in pngs[0] and b"arrangement" not in pngs[0]
+    assert _png_pixels(pngs[0]) == bytes.fromhex(png_run["result"]["encrypted"])
+
+    # the JPEG: version-3 metadata, exactly this text (member order included)
+    jpg = _jpeg_part(jpegs[0])
+    header = read_jpeg_header(jpg, max_pixels=2048 * 2048)
+    assert (header.height, header.width) == (128, 256)
+    scheme = Scheme.from_dict(res["scheme"])
+    assert scheme == Scheme.parse(DEFAULT_SCHEME)
+    expected = ('{"version":3,"scheme":' + json.dumps(res["scheme"], separators=(",", ":"))
+                + ',"original_size":[128,256],"arrangement":"sorted"}')
+    assert _com_json(jpg) == header.encseg_text == expected
+
+    # the same key gives the Python client's ciphertext; what was sent is its Python arrangement, and the
+    # second panel shows it
+    key = Key.from_hex(res["key"])
+    img = read_image(corpus[0] / "scene.png")
+    enc = np.frombuffer(bytes.fromhex(res["encrypted"]), np.uint8).reshape(128, 256, 3)
+    assert np.array_equal(enc, encrypt(img, key, scheme).data)
+    sent = np.frombuffer(bytes.fromhex(res["sent"]), np.uint8).reshape(128, 256, 3)
+    assert np.array_equal(sent, arrange(enc, scheme))
+    assert out["panel"] == res["sent"]
+
+    # the pixels the server decoded are those of the sorted image, up to JPEG's error (the shuffled
+    # ciphertext is far away), and each 16 x 16 block ramps in luminance: read row-major, a pixel is almost
+    # never more than 8 grey levels darker than the one before it (about a quarter are, shuffled)
+    decoded = np.asarray(Image.open(io.BytesIO(jpg)).convert("RGB")).astype(np.int16)
+    to_sorted, to_shuffled = np.abs(decoded - sent).mean(), np.abs(decoded - enc).mean()
+    assert to_sorted < 5 and to_shuffled > 3 * to_sorted, (to_sorted, to_shuffled)  # measured: about 3.5 and 21
+
+    def drops(x: np.ndarray) -> float:
+        grey = (x.astype(np.int64) @ np.array([299, 587, 114])) / 1000
+        blocks = grey.reshape(8, 16, 16, 16).transpose(0, 2, 1, 3).reshape(-1, 256)  # blocks row-major, pixels row-major
+        return float((np.diff(blocks, axis=1) < -8).mean())
+
+    assert drops(decoded) < 0.02 and drops(enc) > 0.1, (drops(decoded), drops(enc))
+    # and sorting made the upload smaller than the unarranged JPEG of the same ciphertext
+    unsorted_jpeg = encode_encrypted(encrypt(img, key, scheme), "jpeg", 90, "none")
+    assert len(jpg) < 0.7 * len(unsorted_jpeg), (len(jpg), len(unsorted_jpeg))
+
+    # the label map the server gives for exactly these bytes is in arranged geometry: moved back with the
+    # ciphertext and decrypted with the page's key, it is the page's mask
+    r = httpx.post(f"{server.url}/v1/segment", files={"image": ("c.jpg", jpg, "image/jpeg")},
+                   data={"scheme": json.dumps(res["scheme"])}, timeout=120)
+    assert r.status_code == 200, r.text
+    labels = restore_labels(decode_label_png(r.content), enc, scheme)
+    mask = decrypt_mask(labels, key, scheme, (128, 256))
+    page_mask = np.frombuffer(bytes.fromhex(res["mask"]), np.uint8).reshape(128, 256)
+    assert np.array_equal(np.asarray(mask), page_mask)
+    # the Python client in the same transport (Pillow's JPEG encoder, sorted too) agrees on nearly every
+    # pixel: the two encoders' rounding differs a little, and the small demo model moves 3-4% of its labels
+    # with it (measured over 8 keys on this scene: 95.8-96.8% of pixels agree)
+    palette = httpx.get(f"{server.url}/v1/info").json()["palette"]
+    py = segment_image(img, HttpBackend(server.url, transport="jpeg"), scheme, palette, key=key)
+    agree = float((py.mask == page_mask).mean())
+    assert agree >= 0.94, agree
+
+    # nothing of the key in any body the page sent
+    raw = bytes.fromhex(res["key"])
+    assert all(raw not in b and res["key"].encode() not in b.lower() for b in bodies)
+
+
+@needs_browser
+def test_page_sends_unarranged_when_the_server_refuses_the_sorted_image(page):
+    out = result(page, "sort-refused")
+    assert out["state"] == "done", out["status"]
+    first, second = out["bodies"]
+    assert json.loads(first)["version"] == 3 and json.loads(first)["arrangement"] == "sorted"
+    assert json.loads(second)["version"] == 1 and "arrangement" not in json.loads(second)
+    assert out["result"]["arrangement"] == "none" and out["result"]["sent"] == out["result"]["encrypted"]
+    assert "went in the cipher's order" in out["status"] and "format v3" not in out["status"]

@@ -1,5 +1,6 @@
 // Drives Debian's chromium headless (playwright-core, no downloaded browser) for tests/test_browser.py.
 //   node run.mjs vectors URL VECTOR_DIR        -> JSON report of every vector, checked in the page
+//   node run.mjs arranged URL DIR...           -> the same for the format-v3 arrangement vectors (section 13)
 //   node run.mjs scenarios SPEC.json           -> JSON {name: result} of the page scenarios in SPEC
 //   node run.mjs docs URL                      -> JSON {ops, external} of the Swagger UI at /docs
 //   node run.mjs bench URL [REPEATS] [SCHEMES] -> JSON timings of the page's cipher on 1024x2048
@@ -387,10 +388,42 @@ const scenarios = {
       await page.waitForFunction(() => document.body.dataset.runs === "2" && ["done", "error"].includes(document.body.dataset.state), null, { timeout: 60000 });
       out.jpeg = await snapshot(page);
       out.note = await page.textContent("#transport-note");
+      // the second panel: the pixels drawn there, to compare with what was sent
+      out.panel = await page.evaluate(() => {
+        const c = document.getElementById("encrypted");
+        const d = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
+        const rgb = new Uint8Array((d.length / 4) * 3);
+        for (let i = 0, j = 0; i < d.length; i += 4, j += 3) rgb.set(d.subarray(i, i + 3), j);
+        return Array.from(rgb, (b) => b.toString(16).padStart(2, "0")).join("");
+      });
+      out.serverCaption = await page.textContent("#server-labels-caption");
       out.requests = segments(log).length; // (their bodies: the test reads them on the server's side)
     }
     await context.close();
     return out;
+  },
+
+  /** Format v3: a server that refuses the sorted image (422) gets the ciphertext again, unarranged. */
+  async "sort-refused"({ url, image }) {
+    const { page, log, context } = await openPage(url);
+    let refused = 0;
+    await page.route("**/v1/segment", async (route) => {
+      if (refused++ === 0) {
+        await route.fulfill({ status: 422, contentType: "application/json",
+          body: JSON.stringify({ detail: "this model is not order-free inside the pixel groups of this scheme" }) });
+      } else await route.continue();
+    });
+    await page.selectOption("#transport", "jpeg"); // no image yet: nothing runs
+    await page.setInputFiles("#file", image);
+    await waitState(page, ["done", "error"]);
+    const snap = await snapshot(page);
+    snap.bodies = segments(log).map((r) => {
+      const m = /encseg\u0000(\{[^\u0000]*?\})\xff/.exec(r.body); // the COM segment's JSON (it ends where DQT begins)
+      return m ? m[1] : null;
+    });
+    snap.console = log.console;
+    await context.close();
+    return snap;
   },
 
   /** Images over the server's limits: a clear message, nothing sent, and a downscale that works. */
@@ -461,6 +494,7 @@ async function bench(url, repeats, schemes) {
     const c = await import("/static/js/cipher.js");
     const png = await import("/static/js/png.js");
     const jpeg = await import("/static/js/jpeg.js");
+    const arr = await import("/static/js/arrange.js");
     const H = 1024, W = 2048;
     const img = { width: W, height: H, data: new Uint8Array(H * W * 3) };
     for (let o = 0; o < img.data.length; o += 65536) crypto.getRandomValues(img.data.subarray(o, Math.min(o + 65536, img.data.length)));
@@ -482,6 +516,10 @@ async function bench(url, repeats, schemes) {
         t.decrypt_mask.push(await time(async () => { await c.decryptMask(labels, key, scheme, [H, W]); }));
         t.png_encode.push(await time(async () => { await png.encodePNG(enc.data, W, H, 3); }));
         if (i < 2) t.jpeg_encode.push(await time(async () => { await jpeg.encodeCiphertext(enc.data, W, H, { version: 1 }); }));
+        if (arr.arrangementGroup(scheme) !== null) { // format v3: sort every group, and move a label map back
+          (t.arrange ??= []).push(await time(async () => arr.arrange(enc, scheme)));
+          (t.restore_labels ??= []).push(await time(async () => arr.restoreLabels(labels, enc, scheme)));
+        }
       }
       out.schemes[name] = Object.fromEntries(Object.entries(t).map(([k, v]) => [k, median(v)]));
     }
@@ -523,6 +561,30 @@ try {
         out.push(r);
       }
       return out;
+    }, vectors);
+    await context.close();
+    console.log(JSON.stringify({ vectors: report }));
+  } else if (mode === "arranged") {
+    const [url, ...dirs] = args;
+    const { page, context } = await openPage(url);
+    const vectors = dirs.flatMap((dir) => fs.readdirSync(dir).filter((f) => f.endsWith(".json")).sort()
+      .map((f) => ({ file: f, ...JSON.parse(fs.readFileSync(path.join(dir, f), "utf8")) })));
+    const report = await page.evaluate(async (vectors) => {
+      const c = await import("/static/js/cipher.js");
+      const a = await import("/static/js/arrange.js");
+      return vectors.map((v) => {
+        const r = { file: v.file, checks: {} };
+        const enc = { width: v.padded_width, height: v.padded_height, data: c.hexToBytes(v.ciphertext) };
+        const A = a.arrange(enc, v.scheme);
+        r.checks.arranged = c.bytesToHex(A.data) === v.arranged;
+        r.checks.idempotent = c.bytesToHex(a.arrange(A, v.scheme).data) === v.arranged; // a sorted group stays put
+        const labels = { width: enc.width, height: enc.height, data: c.hexToBytes(v.labels) };
+        r.checks.restored_labels = c.bytesToHex(a.restoreLabels(labels, enc, v.scheme).data) === v.restored_labels;
+        r.checks.scheme_name = c.schemeName(c.validateScheme(v.scheme)) === v.scheme_name;
+        r.group = a.arrangementGroup(c.validateScheme(v.scheme));
+        r.ok = Object.values(r.checks).every(Boolean);
+        return r;
+      });
     }, vectors);
     await context.close();
     console.log(JSON.stringify({ vectors: report }));
