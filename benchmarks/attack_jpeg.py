@@ -5,8 +5,11 @@ fresh key per image. `encseg attack` has no JPEG option, so this script JPEG-com
 ciphertexts itself; the learned-inverse attacker is trained on JPEG ciphertexts too (it sees what
 the server sees).
 
-Compression can only remove information from the ciphertext; the numbers below say how much the
-attacks lose or gain with it.
+For a pixel-shuffled scheme the JPEG column is what clients send: the sorted arrangement (format v3,
+docs/encryption-format.md section 13), then JPEG; a third column attacks the sorted arrangement as a
+lossless PNG, to show what the arrangement alone changes. Sorting each block is a function of the
+ciphertext, and compression can only remove information; the numbers say how much the attacks lose
+or gain with each.
 
     .venv/bin/python benchmarks/attack_jpeg.py [--scheme bs-np-cs --quality 90 --images 10
         --train-images 32 --inverse-steps 150 --size 256x512]
@@ -28,31 +31,36 @@ from encseg.attacks import metrics, stats  # noqa: E402
 from encseg.attacks.inverse import InverseConfig, invert, train_inverse  # noqa: E402
 from encseg.attacks.suite import jigsaw_attack  # noqa: E402
 from encseg.cipher import EncryptedImage, Key, Scheme, encrypt, make_plan  # noqa: E402
+from encseg.cipher.arrange import SORTED, arrange, transport_arrangement  # noqa: E402
 from encseg.cipher.jpeg import jpeg_roundtrip  # noqa: E402
 from encseg.data.streets import render_scene, scene_seed  # noqa: E402
 
 
-class _JpegCiphertexts:
-    """Stands in for `encrypt` inside the inverse attack's training loop: the same ciphertext, sent
-    through the JPEG transport."""
+def sent(data: np.ndarray, scheme: Scheme, quality: int | None, arranged: bool) -> np.ndarray:
+    """What the server receives: the ciphertext, sorted inside its groups if `arranged`, then through
+    JPEG at `quality` (None: lossless)."""
+    data = arrange(data, scheme) if arranged else data
+    return data if quality is None else jpeg_roundtrip(data, quality)
 
-    def __init__(self, quality: int) -> None:
-        self.quality = quality
+
+class _SentCiphertexts:
+    """Stands in for `encrypt` inside the inverse attack's training loop: the same ciphertext, as sent."""
+
+    def __init__(self, quality: int | None, arranged: bool) -> None:
+        self.quality, self.arranged = quality, arranged
 
     def __call__(self, img, key, scheme):
         enc = encrypt(img, key, scheme)
-        return EncryptedImage(jpeg_roundtrip(enc.data, self.quality), enc.original_size, enc.scheme)
+        return EncryptedImage(sent(enc.data, scheme, self.quality, self.arranged), enc.original_size, enc.scheme)
 
 
-def attack(scheme: Scheme, tests, trains, cfg: InverseConfig, quality: int | None) -> dict[str, float]:
+def attack(scheme: Scheme, tests, trains, cfg: InverseConfig, quality: int | None, arranged: bool = False) -> dict[str, float]:
     p = scheme.block_size
     R, C = tests[0].shape[0] // p, tests[0].shape[1] // p
     rows = []
     for img in tests:
         key = Key.generate()
-        enc = encrypt(img, key, scheme).data
-        if quality is not None:
-            enc = jpeg_roundtrip(enc, quality)
+        enc = sent(encrypt(img, key, scheme).data, scheme, quality, arranged)
         plan = make_plan(key, scheme, R, C)  # ground truth, for scoring only
         del key
         recon, dc, nc, secs = jigsaw_attack(enc, scheme, img, plan.block_src)
@@ -61,16 +69,14 @@ def attack(scheme: Scheme, tests, trains, cfg: InverseConfig, quality: int | Non
                      "block mean corr": leak["mean"], "block |mean| corr": leak["abs_mean"],
                      "block var corr": leak["var"], "histogram distance": stats.histogram_distance(img, enc)})
     saved = inverse_mod.encrypt
-    if quality is not None:
-        inverse_mod.encrypt = _JpegCiphertexts(quality)
+    if quality is not None or arranged:
+        inverse_mod.encrypt = _SentCiphertexts(quality, arranged)
     try:
         model = train_inverse(lambda i: trains[i % len(trains)], scheme, "per-image", cfg, []).model
     finally:
         inverse_mod.encrypt = saved
     for i, img in enumerate(tests):
-        enc = encrypt(img, Key.generate(), scheme).data
-        if quality is not None:
-            enc = jpeg_roundtrip(enc, quality)
+        enc = sent(encrypt(img, Key.generate(), scheme).data, scheme, quality, arranged)
         rows[i]["inverse SSIM (per-image keys)"] = metrics.ssim(invert(model, enc), img)
     return {k: float(np.nanmean([r[k] for r in rows])) for k in rows[0]}
 
@@ -92,15 +98,20 @@ def main() -> None:
     tests = [render_scene(scene_seed(args.seed, "test", i), (h, w))[0] for i in range(args.images)]
     trains = [render_scene(scene_seed(args.seed, "train", i), (h, w))[0] for i in range(args.train_images)]
     cfg = InverseConfig(minutes=60.0, max_steps=args.inverse_steps, pool=len(trains))
+    arranged = transport_arrangement(scheme, "jpeg") == SORTED  # as clients send JPEG
     png = attack(scheme, tests, trains, cfg, None)
-    jpg = attack(scheme, tests, trains, cfg, args.quality)
+    jpg = attack(scheme, tests, trains, cfg, args.quality, arranged)
+    spng = attack(scheme, tests, trains, cfg, None, True) if arranged else None
     print(f"scheme {scheme.name}, {args.images} held-out street scenes {h}x{w} (procedural benchmark, not Cityscapes), "
           f"fresh key per image; learned inverse: {args.train_images} training scenes, {args.inverse_steps} steps; "
           f"{time.perf_counter() - t0:.0f}s")
     print(f"chance for jigsaw direct comparison: {1 / ((h // scheme.block_size) * (w // scheme.block_size)):.4f}")
-    print(f"{'measure (lower = less leaked)':<32} {'PNG':>8} {'JPEG q' + str(args.quality):>9} {'JPEG-PNG':>9}")
+    jname = ("sorted " if arranged else "") + f"JPEG q{args.quality}"
+    print(f"{'measure (lower = less leaked)':<32} {'PNG':>8} {jname:>15} {'JPEG-PNG':>9}"
+          + (f" {'sorted PNG':>11} {'sorted-PNG':>11}" if spng else ""))
     for k in png:
-        print(f"{k:<32} {png[k]:8.4f} {jpg[k]:9.4f} {jpg[k] - png[k]:+9.4f}")
+        print(f"{k:<32} {png[k]:8.4f} {jpg[k]:15.4f} {jpg[k] - png[k]:+9.4f}"
+              + (f" {spng[k]:11.4f} {spng[k] - png[k]:+11.4f}" if spng else ""))
 
 
 if __name__ == "__main__":

@@ -417,6 +417,16 @@ def test_export_demo_stores_a_per_image_model_in_fp16_with_its_score(streets, tm
     code, _, err = run_cli("export-demo", "--checkpoint", tmp_path / "plain" / "model.safetensors", "--data", streets,
                            "--out", tmp_path / "x")  # fmt: skip
     assert code == 2 and "per-image" in err
+    # the plain reference at the same budget: scored on plain images, stored for the demo's price line
+    code, out, err = run_cli("export-demo", "--checkpoint", tmp_path / "pi" / "model.safetensors", "--out", tmp_path / "ref",
+                             "--data", streets, "--plain", tmp_path / "plain" / "model.safetensors",
+                             "--plain-command", "encseg train plain ...")  # fmt: skip
+    assert code == 0 and "plain SETR at the same budget" in out, err
+    extra = json.loads((tmp_path / "ref" / "demo.json").read_text())["extra"]
+    assert isinstance(extra["plain_val_miou"], float) and extra["plain_command"] == "encseg train plain ..."
+    code, _, err = run_cli("export-demo", "--checkpoint", tmp_path / "pi" / "model.safetensors", "--out", tmp_path / "y",
+                           "--data", streets, "--plain", tmp_path / "pi" / "model.safetensors")  # fmt: skip
+    assert code == 2 and "plain SETR on plain images" in err and not (tmp_path / "y").exists()
     # sliding windows: scored that way, stored, and picked up by the service's Segmenter
     code, _, err = run_cli("export-demo", "--checkpoint", tmp_path / "pi" / "model.safetensors", "--out", tmp_path / "win",
                            "--data", streets, "--crop", "32x64")  # fmt: skip

@@ -126,6 +126,9 @@ def export_demo_cmd(
     command: str = typer.Option("", help="the command that reproduces the checkpoint (stored in the JSON)"),
     crop: Optional[str] = typer.Option(None, help="sliding-window crop N or HxW (default: the model's training size when scenes are larger)"),
     stride: Optional[str] = typer.Option(None, help="sliding-window stride N or HxW (default: 3/4 of the crop, on the patch grid)"),
+    plain: Optional[Path] = typer.Option(None, help="plain SETR trained at the same budget on the same data: its val "
+                                         "mIoU on plain images is stored, for the demo's price-of-privacy line"),
+    plain_command: str = typer.Option("", help="the command that reproduces --plain (stored in the JSON)"),
 ) -> None:
     """Store a trained per-image-key model as the demo model (fp16, no auxiliary heads), with its val mIoU.
 
@@ -149,11 +152,21 @@ def export_demo_cmd(
     if crop_hw is not None and stride_hw is None:
         p = config.block
         stride_hw = tuple(max(p, (3 * c // 4) // p * p) for c in crop_hw)
+    more = {}
+    if plain is not None:
+        plain_model, _, plain_extra = load_checkpoint(plain)
+        if (plain_extra.get("train_config") or {}).get("encryption", {}).get("mode") not in (None, "none"):
+            raise UserError(f"--plain {plain} was trained on encrypted images; the reference is plain SETR on plain images")
+        ref = evaluate(plain_model, val, "cpu", "none", crop=crop_hw, stride=stride_hw, batch_size=8)
+        more = {"plain_val_miou": round(ref.miou, 2), "plain_command": plain_command}
     result = evaluate(model, val, "cpu", "per-image", scheme, crop=crop_hw, stride=stride_hw, batch_size=8)
     path = write_demo_asset(checkpoint, out, name=f"streets-{config.decoder}-{config.encoder}-per-image-{scheme.name}",
                             scheme=scheme.name, scene_size=size, val_miou=round(result.miou, 2), command=command,
-                            data_root=data, crop=crop_hw, stride=stride_hw)  # fmt: skip
-    typer.echo(f"wrote {path} (val mIoU with per-image keys {result.miou:.2f}, scenes {size[0]}x{size[1]})")
+                            data_root=data, crop=crop_hw, stride=stride_hw, **more)  # fmt: skip
+    line = f"val mIoU with per-image keys {result.miou:.2f}"
+    if more:
+        line += f", plain SETR at the same budget {more['plain_val_miou']:.2f} ({result.miou / more['plain_val_miou']:.2f}x)"
+    typer.echo(f"wrote {path} ({line}, scenes {size[0]}x{size[1]})")
 
 
 def register(app: typer.Typer) -> None:
