@@ -65,6 +65,7 @@ MODELS = {
     "pup+canonical (positions kept)": tiny(decoder="pup", canonical=True),
     "sorted(16)+canonical": tiny(**KEY_INVARIANT, pixel_group=16),
     "sorted(4)+canonical": tiny(**KEY_INVARIANT, pixel_group=4),
+    "sorted(16)+canonical+colour head": tiny(**KEY_INVARIANT, pixel_group=16, colour_head=8),
     "token, no canonical (control)": tiny(decoder="token", position_embedding=False),
     "token+position embedding (control)": tiny(decoder="token", position_embedding=True, canonical=True),
 }

@@ -176,12 +176,26 @@ class SortedTokenHead(nn.Module):
     with the pixels, exactly, and block scrambling moves them with the tokens.
     """
 
-    def __init__(self, dim: int, num_classes: int, patch_size: int, group: int, norm: str, channels: int = 256):
+    def __init__(self, dim: int, num_classes: int, patch_size: int, group: int, norm: str, channels: int = 256,
+                 colour: int = 0):  # fmt: skip
         super().__init__()
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.proj = ConvNormAct(dim, channels, 1, norm)
         self.cls = nn.Conv2d(channels, num_classes * patch_size * patch_size, 1)
         self.patch_size, self.group, self.num_classes = patch_size, group, num_classes
+        # colour > 0: each token also predicts a small per-block classifier of pixel colour (K = colour
+        # hidden units: K x 3 weights + K biases in, classes x K out), applied to every pixel's own
+        # value: logits += W2 relu(W1 rgb + b1). Per pixel and per block, so as equivariant as the slots.
+        self.colour = colour
+        self.colour_gen = nn.Conv2d(channels, colour * (4 + num_classes), 1) if colour else None
+
+    def _colour_logits(self, feat: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        B, _, h, w = feat.shape
+        K, C, p = self.colour, self.num_classes, self.patch_size
+        g = self.colour_gen(feat).reshape(B, K, 4 + C, h, w)
+        g = g.repeat_interleave(p, dim=3).repeat_interleave(p, dim=4)  # the block's generator on each of its pixels
+        hidden = F.relu((g[:, :, :3] * image[:, None]).sum(2) + g[:, :, 3])  # [B, K, H, W]
+        return (g[:, :, 4:] * hidden[:, :, None]).sum(1) / K  # [B, C, H, W]
 
     def forward(self, x: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         from encseg.models.vit import pixel_sort_order
@@ -189,7 +203,8 @@ class SortedTokenHead(nn.Module):
         B, _, h, w = x.shape
         p, q, C = self.patch_size, self.group, self.num_classes
         r = p // q
-        logits = self.cls(self.proj(token_layer_norm(self.norm, x)))  # [B, C*p*p, h, w]
+        feat = self.proj(token_layer_norm(self.norm, x))
+        logits = self.cls(feat)  # [B, C*p*p, h, w]
         logits = logits.reshape(B, C, r * r, q * q, h * w).permute(0, 1, 4, 2, 3)  # [B, C, N, S, q*q] by slot
         order, keys = pixel_sort_order(image, p, q)  # [B, N, S, q*q]
         # tied ranks (identical pixels) share the mean of their slots
@@ -198,7 +213,8 @@ class SortedTokenHead(nn.Module):
         inverse = order.argsort(-1).unsqueeze(1).expand_as(logits)
         logits = logits.gather(-1, inverse)  # [B, C, N, S, q*q] by position
         logits = logits.reshape(B, C, h, w, r, r, q, q).permute(0, 1, 2, 4, 6, 3, 5, 7)
-        return logits.reshape(B, C, h * p, w * p)
+        logits = logits.reshape(B, C, h * p, w * p)
+        return logits + self._colour_logits(feat, image) if self.colour else logits
 
 
 def _mean_over_runs(values: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:

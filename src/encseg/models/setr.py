@@ -75,6 +75,7 @@ class SETRConfig:
     cipher_block: int = 0  # the cipher's block size the model is built for (0: the patch size)
     pixel_group: int = 0  # q > 0: sorted patch embedding + slot decoder, order-free inside q x q sub-blocks
     block_position: bool = False  # key-invariant models with cipher_block > patch: position inside the block
+    colour_head: int = 0  # K > 0 (with pixel_group): the slot decoder adds a per-block classifier of each pixel's colour
 
     def __post_init__(self) -> None:
         self.img_size = (int(self.img_size[0]), int(self.img_size[1]))
@@ -90,6 +91,10 @@ class SETRConfig:
             raise UserError("invariant_embedding=True needs decoder='token' (its per-pixel decoder)")
         if self.pixel_group and (self.decoder != "token" or self.invariant_embedding or self.patch_size % self.pixel_group):
             raise UserError("pixel_group=q needs decoder='token', no invariant_embedding, and q dividing the patch size")
+        if self.colour_head and not self.pixel_group:
+            raise UserError("colour_head needs pixel_group (it adds to the sorted-slot decoder)")
+        if self.colour_head < 0:
+            raise UserError("colour_head is the number of hidden colour units, 0 (off) or more")
         block = self.block
         if block % self.patch_size or self.img_size[0] % block or self.img_size[1] % block:
             raise UserError(f"cipher_block {block} must be a multiple of the patch size and divide img_size {self.img_size}")
@@ -191,7 +196,7 @@ class SETR(nn.Module):
             self.decode_head = MaskHead(D, C, cfg.patch_size, size.heads)
             aux = [TokenHead(D, C, cfg.patch_size, norm, ch) for _ in range(n_aux)]
         elif cfg.pixel_group:  # key-invariant under pixel shuffle inside q x q sub-blocks: sorted slots
-            self.decode_head = SortedTokenHead(D, C, cfg.patch_size, cfg.pixel_group, norm, ch)
+            self.decode_head = SortedTokenHead(D, C, cfg.patch_size, cfg.pixel_group, norm, ch, cfg.colour_head)
             aux = [SortedTokenHead(D, C, cfg.patch_size, cfg.pixel_group, norm, ch) for _ in range(n_aux)]
         elif cfg.invariant_embedding:  # key-invariant under pixel shuffle too: per-pixel decoding
             self.decode_head = PixelHead(D, C, norm, ch)
