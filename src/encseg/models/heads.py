@@ -193,9 +193,10 @@ class SortedTokenHead(nn.Module):
         B, _, h, w = feat.shape
         K, C, p = self.colour, self.num_classes, self.patch_size
         g = self.colour_gen(feat).reshape(B, K, 4 + C, h, w)
-        g = g.repeat_interleave(p, dim=3).repeat_interleave(p, dim=4)  # the block's generator on each of its pixels
-        hidden = F.relu((g[:, :, :3] * image[:, None]).sum(2) + g[:, :, 3])  # [B, K, H, W]
-        return (g[:, :, 4:] * hidden[:, :, None]).sum(1) / K  # [B, C, H, W]
+        pix = image.reshape(B, 3, h, p, w, p)  # every block's pixels, without copying a generator per pixel
+        hidden = F.relu(torch.einsum("bkjhw,bjhpwq->bkhpwq", g[:, :, :3], pix) + g[:, :, 3, :, None, :, None])
+        logits = torch.einsum("bkchw,bkhpwq->bchpwq", g[:, :, 4:], hidden) / K
+        return logits.reshape(B, C, h * p, w * p)
 
     def forward(self, x: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         from encseg.models.vit import pixel_sort_order
