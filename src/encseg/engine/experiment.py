@@ -324,9 +324,9 @@ def rescore_frontier(budget: Budget, source: Path, data: Path | None, results_md
              f"from `{privacy}`."]  # fmt: skip
     shipped = DEMO_CHECKPOINT.with_suffix(".json")
     if shipped.is_file():
-        run = (json.loads(shipped.read_text()).get("extra") or {}).get("run")
-        if default is not None and run != default["run"]:
-            print(f"the shipped demo model is run {run!r}; the new default {default['scheme']!r} is best served by run "
+        served = ((json.loads(shipped.read_text()).get("extra") or {}).get("encryption") or {}).get("scheme")
+        if default is not None and served != default["scheme"]:
+            print(f"the shipped demo model serves {served!r}; the new default {default['scheme']!r} is best served by run "
                   f"{default['run']!r}: export it with a training invocation (--demo-out)", flush=True)
         lines += demo_model_lines(None)
     write_frontier_report(budget, records, data_root, results_md, chart, privacy, wall, lines)
@@ -525,8 +525,17 @@ def demo_model_lines(demo_out: Path | None) -> list[str]:
              f"(scheme {(extra.get('encryption') or {}).get('scheme', '?')}), on the procedural street benchmark, "
              f"not Cityscapes. Validation mIoU with a fresh key per test image: "
              f"**{extra.get('val_miou_per_image_keys', '?')}**."]  # fmt: skip
+    plain = extra.get("plain_val_miou")
+    if isinstance(plain, (int, float)) and isinstance(extra.get("val_miou_per_image_keys"), (int, float)):
+        lines[-1] += (f" Plain SETR trained on plain images at the same budget scores **{plain}** on plain validation "
+                      f"images: {extra['val_miou_per_image_keys'] / plain:.2f}x, the price of privacy `encseg demo` prints.")
     if extra.get("command"):
-        lines += ["", "Reproduce it with:", "", "```", str(extra["command"]), "```"]
+        lines += ["", "Reproduce it with:", "", "```", str(extra["command"])]
+        if extra.get("plain_command"):
+            lines += [str(extra["plain_command"]) + "   # the plain reference"]
+        lines += ["encseg export-demo --checkpoint <its model.safetensors> --data data/streets-cpu-small --out "
+                  "src/encseg/assets --plain <the reference's model.safetensors>"] if extra.get("plain_command") else []
+        lines += ["```"]
     return lines
 
 
