@@ -109,13 +109,14 @@ class HttpBackend:
     def arrangement_for(self, scheme: Scheme) -> str:
         """How `scheme`'s ciphertexts travel to this server: `auto` sorts a pixel-shuffled JPEG only
         when the server lists the sorted arrangement (older servers get the shuffled order)."""
+        chosen = transport_arrangement(scheme, self.transport, self.arrangement)
+        if chosen == "none":  # nothing to ask the server
+            return chosen
         if self._server_arrangements is None:
             self.info()
         offered = self._server_arrangements or ["none"]
         if self.arrangement == "auto":
-            chosen = transport_arrangement(scheme, self.transport)
             return chosen if chosen in offered else "none"
-        chosen = transport_arrangement(scheme, self.transport, self.arrangement)
         if chosen not in offered:
             raise UserError(f"the server does not accept the {chosen} arrangement for its model; use --arrangement none")
         return chosen
