@@ -78,23 +78,30 @@ def _order(data: np.ndarray, scheme: Scheme) -> tuple[np.ndarray, np.ndarray]:
     return slots, np.take_along_axis(slots, order, axis=1)
 
 
+def _moved(x: np.ndarray, slots: np.ndarray, sources: np.ndarray, inverse: bool = False) -> np.ndarray:
+    """`x` (any Hp x Wp[...] array) with ciphertext pixel sources[g, j] moved to slot slots[g, j], or back."""
+    flat = x.reshape(slots.size, -1)
+    dst, src = (sources, slots) if inverse else (slots, sources)
+    out = np.empty_like(flat)
+    out[dst.reshape(-1)] = flat[src.reshape(-1)]
+    return out.reshape(x.shape)
+
+
 def arrange(data: np.ndarray, scheme: Scheme) -> np.ndarray:
     """The ciphertext (uint8 Hp x Wp x 3) with the pixels of every q x q group sorted."""
-    slots, sources = _order(data, scheme)
-    out = np.empty_like(data)
-    out.reshape(-1, 3)[slots.reshape(-1)] = data.reshape(-1, 3)[sources.reshape(-1)]
-    return out
+    return _moved(data, *_order(data, scheme))
 
 
 def arrange_labels(labels: np.ndarray, data: np.ndarray, scheme: Scheme) -> np.ndarray:
     """A map in the ciphertext's geometry (labels, or any Hp x Wp[...] array) moved as `arrange(data)`
     moves the pixels: for training on arranged samples."""
-    slots, sources = _order(data, scheme)
-    h, w = data.shape[:2]
-    flat = labels.reshape(h * w, -1)
-    out = np.empty_like(flat)
-    out[slots.reshape(-1)] = flat[sources.reshape(-1)]
-    return out.reshape(labels.shape)
+    return _moved(labels, *_order(data, scheme))
+
+
+def arrange_sample(data: np.ndarray, scheme: Scheme, *maps: np.ndarray) -> tuple[np.ndarray, ...]:
+    """`arrange(data)` and every map moved with it (`arrange_labels`), from one sort: a training sample."""
+    order = _order(data, scheme)
+    return tuple(_moved(x, *order) for x in (data, *maps))
 
 
 def restore_labels(labels: np.ndarray, data: np.ndarray, scheme: Scheme) -> np.ndarray:
@@ -103,11 +110,7 @@ def restore_labels(labels: np.ndarray, data: np.ndarray, scheme: Scheme) -> np.n
     h, w = data.shape[:2]
     if labels.shape[:2] != (h, w):
         raise UserError(f"a {labels.shape[0]}x{labels.shape[1]} label map does not fit a {h}x{w} ciphertext")
-    slots, sources = _order(data, scheme)
-    flat = labels.reshape(h * w, -1)
-    out = np.empty_like(flat)
-    out[sources.reshape(-1)] = flat[slots.reshape(-1)]
-    return out.reshape(labels.shape)
+    return _moved(labels, *_order(data, scheme), inverse=True)
 
 
 def transport_arrangement(scheme: Scheme, fmt: str, arrangement: str = "auto") -> str:

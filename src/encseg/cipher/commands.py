@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from encseg.cipher.arrange import check_arrangement, restore_labels, transport_arrangement
+from encseg.cipher.arrange import restore_labels, transport_arrangement
 from encseg.cipher.io import (
     DEFAULT_MAX_PIXELS,
     check_transport,
@@ -103,9 +103,7 @@ def encrypt_cmd(
         raise UserError("use either --key (an existing key) or --key-out (save the fresh key), not both")
     s = Scheme.parse(scheme, block_size=block_size)
     check_transport(s, fmt)
-    if arrangement != "auto":
-        check_arrangement(s, arrangement)
-    arranged = transport_arrangement(s, fmt, arrangement)
+    arranged = transport_arrangement(s, fmt, arrangement)  # refuses a bad --arrangement in one line
     img = read_image(image, max_pixels=max_pixels)
     k = load_key(key) if key is not None else Key.generate()
     if key_out is not None:

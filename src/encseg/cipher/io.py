@@ -185,25 +185,33 @@ def metadata_text(scheme: Scheme, original_size: tuple[int, int], arrangement: s
     return {METADATA_CHUNK: json.dumps(meta, separators=(",", ":"))}
 
 
+def metadata_arrangement(meta: dict, scheme: Scheme) -> str:
+    """The arrangement a metadata object declares (section 13.4): none under version 1, sorted under
+    version 3; any other version or arrangement, an arrangement under version 1, or the sorted
+    arrangement for a scheme without pixel shuffling is refused."""
+    version = meta.get("version", FORMAT_VERSION)
+    if isinstance(version, bool) or version not in (FORMAT_VERSION, ARRANGED_METADATA_VERSION):
+        raise UserError(f"encseg metadata version {version!r} is not supported (this reads versions 1 and 3)")
+    if version == FORMAT_VERSION:
+        if "arrangement" in meta:
+            raise UserError("the encseg metadata names an arrangement under version 1 (arrangements are version 3)")
+        return "none"
+    if meta.get("arrangement") != SORTED:
+        raise UserError(f"encseg metadata version 3 has the arrangement {SORTED!r} (got {meta.get('arrangement')!r})")
+    return check_arrangement(scheme, SORTED)
+
+
 def read_metadata(text: str) -> tuple[Scheme, tuple[int, int], str]:
     """(scheme, original size, arrangement) of an `encseg` metadata object, versions 1 and 3."""
     try:
         meta = json.loads(text)
         scheme = Scheme.from_dict(meta["scheme"])
         h, w = (int(v) for v in meta["original_size"])
-        version = meta.get("version", FORMAT_VERSION)
-        arrangement = meta.get("arrangement", "none")
     except UserError:
         raise
-    except (ValueError, KeyError, TypeError, AttributeError):
+    except (ValueError, KeyError, TypeError):
         raise UserError("the encseg metadata chunk is malformed") from None
-    if isinstance(version, bool) or version not in (FORMAT_VERSION, ARRANGED_METADATA_VERSION):
-        raise UserError(f"encseg metadata version {version!r} is not supported (this reads versions 1 and 3)")
-    if version == FORMAT_VERSION and "arrangement" in meta:
-        raise UserError("the encseg metadata names an arrangement under version 1 (arrangements are version 3)")
-    if version == ARRANGED_METADATA_VERSION and arrangement != SORTED:
-        raise UserError(f"encseg metadata version 3 has the arrangement {SORTED!r} (got {arrangement!r})")
-    return scheme, (h, w), check_arrangement(scheme, arrangement)
+    return scheme, (h, w), metadata_arrangement(meta, scheme)
 
 
 def parse_metadata(text: str) -> tuple[Scheme, tuple[int, int]]:

@@ -182,9 +182,9 @@ class TrainTransform:
         if self.jpeg_quality is not None:  # after encryption, as a client would: arranged, then JPEG
             scheme = _arranged(self.cipher)
             if scheme is not None:
-                from encseg.cipher.arrange import arrange, arrange_labels
+                from encseg.cipher.arrange import arrange_sample
 
-                image, label = arrange(image, scheme), arrange_labels(label, image, scheme)
+                image, label = arrange_sample(image, scheme, label)
             image = random_jpeg(image, rng, self.jpeg_quality)
         return _chw(image), torch.from_numpy(label.astype(np.int64))
 
@@ -201,10 +201,9 @@ class TrainTransform:
         if self.jpeg_quality is not None:
             scheme = _arranged(self.cipher)
             if scheme is not None:  # the index map moves with the pixels, so `where` stays exact
-                from encseg.cipher.arrange import arrange, arrange_labels
+                from encseg.cipher.arrange import arrange_sample
 
-                where = arrange_labels(where.reshape(h, w), image, scheme).reshape(-1)
-                label = arrange_labels(label, image, scheme)
-                image = arrange(image, scheme)
+                image, label, where = arrange_sample(image, scheme, label, where.reshape(h, w))
+                where = where.reshape(-1)
             image = random_jpeg(image, rng, self.jpeg_quality)
         return _chw(image), torch.from_numpy(label.astype(np.int64)), _chw(plain), torch.from_numpy(where)

@@ -350,7 +350,6 @@ def _frontier_report(budget: Budget, records: list[dict], data_root: Path, resul
     import torch
 
     from encseg.engine.frontier import choose_default, frontier_rows, load_privacy, plain_miou, write_frontier_report
-    from encseg.models import SETRConfig
 
     wall = (f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores visible, torch {torch.__version__}, "
             f"{budget.parallel} runs at a time with {budget.threads} thread each; this invocation {total_s / 60:.1f} min"
@@ -367,7 +366,6 @@ def _frontier_report(budget: Budget, records: list[dict], data_root: Path, resul
             command=f"encseg experiment --budget {budget.name} --privacy {privacy} --demo-out {demo_out}",
             data_root=data_root, run=rec["name"], plain_val_miou=plain_miou(records),
             schemes=_scheme_descriptors(rec, default["scheme"]),
-            invariances=list(SETRConfig.from_dict(rec["config"]["model"]).invariances),
             data={"generator_seed": budget.data_seed, "train": budget.n_train, "val": budget.n_val},
         )  # fmt: skip
     lines = demo_model_lines(demo_out) if demo_out is not None and default is not None else []
@@ -621,7 +619,8 @@ def write_demo_asset(src: Path, folder: Path, *, name: str, scheme: str, scene_s
              "name": name, "benchmark": "encseg procedural streets (not Cityscapes)",
              "encryption": {"mode": "per-image", "scheme": scheme}, "scene_size": list(scene_size),
              "inference": {"crop": list(crop), "stride": list(stride or crop)} if crop else {},
-             "val_miou_per_image_keys": val_miou, "command": command} | more  # fmt: skip
+             "val_miou_per_image_keys": val_miou, "command": command,
+             "invariances": list(config.invariances)} | more  # fmt: skip
     meta = streets_meta(data_root)
     if meta:
         extra["generator_version"] = meta.get("generator_version")
