@@ -66,6 +66,9 @@ MODELS = {
     "sorted(16)+canonical": tiny(**KEY_INVARIANT, pixel_group=16),
     "sorted(4)+canonical": tiny(**KEY_INVARIANT, pixel_group=4),
     "sorted(16)+canonical+colour head": tiny(**KEY_INVARIANT, pixel_group=16, colour_head=8),
+    "sorted(16)+canonical+colour head+colour histogram": tiny(**KEY_INVARIANT, pixel_group=16, colour_head=8,
+                                                               colour_embed=4),
+    "sorted(4)+canonical+colour histogram": tiny(**KEY_INVARIANT, pixel_group=4, colour_embed=3),
     "token, no canonical (control)": tiny(decoder="token", position_embedding=False),
     "token+position embedding (control)": tiny(decoder="token", position_embedding=True, canonical=True),
 }
@@ -137,3 +140,27 @@ def test_canonical_layer_is_a_function_of_the_ciphertext_only_and_undoes_np_and_
         enc = encrypt(img, Key.generate(), Scheme.parse("np-cs"))
         assert torch.equal(canon(normalize(enc.data)), ref)
     assert not torch.equal(normalize(encrypt(img, Key.generate(), Scheme.parse("np-cs")).data), normalize(img))
+
+
+def test_colour_histogram_counts_each_block_s_pixels_once_with_soft_votes():
+    from encseg.models.vit import BlockColourHistogram
+
+    hist = BlockColourHistogram(16, 8, bins=3)  # bin centres at 0, 127.5, 255; cell index r * 9 + g * 3 + b
+    img = np.zeros((16, 32, 3), np.uint8)
+    img[:8, :16] = (0, 255, 0)  # half of block 0 in cell (0, 2, 0)
+    img[8:, :16] = (255, 255, 255)  # the other half in (2, 2, 2)
+    img[:, 16:] = (64, 0, 0)  # block 1: red between bins 0 and 1, splitting its vote
+    t = 64 * 2 / 255
+    expect = torch.zeros(2, 27)
+    expect[0, 6] = expect[0, 26] = 0.5
+    expect[1, 0], expect[1, 9] = 1 - t, t
+    x = normalize(torch.from_numpy(img).permute(2, 0, 1)[None])
+    got = hist(x)[0]  # [2 tokens, 8]
+    assert torch.allclose(got, expect @ hist.proj.weight.T + hist.proj.bias, atol=1e-5)
+    # and a pixel shuffle inside each block changes nothing
+    perm = torch.randperm(256)
+    shuffled = x.clone()
+    for j in range(2):
+        blk = x[0, :, :, 16 * j : 16 * (j + 1)].reshape(3, 256)[:, perm]
+        shuffled[0, :, :, 16 * j : 16 * (j + 1)] = blk.reshape(3, 16, 16)
+    assert torch.allclose(hist(shuffled)[0], got, atol=1e-6)

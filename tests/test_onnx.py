@@ -62,7 +62,7 @@ def test_export_command_errors_are_one_line(tmp_path, monkeypatch, capsys):
 
 
 def test_canonicalising_model_exports_with_its_canonical_layer_in_the_graph(tmp_path):
-    """The exported graph includes block canonicalisation: NP/CS variants of an image give the same logits."""
+    """The exported graph includes block canonicalisation (and the colour head and histogram): NP/CS variants give the same logits."""
     import numpy as np
 
     from encseg.cipher import Key, Scheme, encrypt
@@ -70,7 +70,8 @@ def test_canonicalising_model_exports_with_its_canonical_layer_in_the_graph(tmp_
 
     torch.manual_seed(0)
     cfg = SETRConfig(encoder="vit-tiny-6", decoder="token", num_classes=3, img_size=(32, 32), channels=16,
-                     position_embedding=False, canonical=True, aux=False, pixel_group=4)
+                     position_embedding=False, canonical=True, aux=False, pixel_group=4,
+                     colour_head=4, colour_embed=3)
     model = build_setr(cfg).eval()
     path = export_onnx(model, tmp_path / "canon.onnx", sample_size=(32, 48))
     img = np.random.default_rng(0).integers(0, 256, (32, 64, 3), dtype=np.uint8)

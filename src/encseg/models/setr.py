@@ -76,6 +76,7 @@ class SETRConfig:
     pixel_group: int = 0  # q > 0: sorted patch embedding + slot decoder, order-free inside q x q sub-blocks
     block_position: bool = False  # key-invariant models with cipher_block > patch: position inside the block
     colour_head: int = 0  # K > 0 (with pixel_group): the slot decoder adds a per-block classifier of each pixel's colour
+    colour_embed: int = 0  # b > 0: each token adds its block's soft joint colour histogram (b bins per channel)
 
     def __post_init__(self) -> None:
         self.img_size = (int(self.img_size[0]), int(self.img_size[1]))
@@ -95,6 +96,8 @@ class SETRConfig:
             raise UserError("colour_head needs pixel_group (it adds to the sorted-slot decoder)")
         if self.colour_head < 0:
             raise UserError("colour_head is the number of hidden colour units, 0 (off) or more")
+        if self.colour_embed < 0 or self.colour_embed == 1 or self.colour_embed > 8:
+            raise UserError("colour_embed is the histogram's bins per channel: 0 (off) or 2..8")
         block = self.block
         if block % self.patch_size or self.img_size[0] % block or self.img_size[1] % block:
             raise UserError(f"cipher_block {block} must be a multiple of the patch size and divide img_size {self.img_size}")
@@ -175,6 +178,7 @@ class SETR(nn.Module):
             pos_interp=cfg.pos_interp,
             pixel_group=cfg.pixel_group,
             block_position=cfg.block // cfg.patch_size if cfg.block_position else 0,
+            colour_embed=cfg.colour_embed,
         )
         self.canonical = BlockCanonical(cfg.block, cfg.patch_size if cfg.invariant_embedding else (cfg.pixel_group or None)) \
             if cfg.canonical else None

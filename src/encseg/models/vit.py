@@ -154,6 +154,37 @@ class SortedPatchEmbed(nn.Module):
         return tokens.transpose(1, 2).reshape(B, -1, H // self.patch_size, W // self.patch_size)
 
 
+class BlockColourHistogram(nn.Module):
+    """Order-free colour statistics of every p x p block, as a token embedding added to the patch's.
+
+    Each pixel's 0..255 value votes into a soft joint histogram of `bins` cells per channel
+    (triangular membership, so a value between two bin centres splits its vote; bins^3 cells), and
+    each block's histogram is the mean over its pixels, mapped linearly to the token width. A mean
+    over the block's pixels, so any pixel shuffle inside the block leaves it unchanged; it gives the
+    encoder the joint colour distribution that a linear map of the sorted pixels reaches only poorly
+    (the packed-key sort orders by the first channel, the others follow in no useful order).
+    """
+
+    def __init__(self, patch_size: int, dim: int, bins: int):
+        super().__init__()
+        if bins < 2:
+            raise ValueError(f"a colour histogram needs at least 2 bins per channel, got {bins}")
+        self.patch_size, self.bins = patch_size, bins
+        self.proj = nn.Linear(bins**3, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from encseg.models.inference import pixel_values
+
+        B, _, H, W = x.shape
+        b = self.bins
+        v = pixel_values(x) * ((b - 1) / 255.0)  # [B, 3, H, W] in [0, b-1]
+        centres = torch.arange(b, device=x.device, dtype=v.dtype).view(1, 1, b, 1, 1)
+        m = (1 - (v.unsqueeze(2) - centres).abs()).clamp(min=0)  # [B, 3, b, H, W], each channel's votes sum to 1
+        joint = torch.einsum("bihw,bjhw,bkhw->bijkhw", m[:, 0], m[:, 1], m[:, 2]).reshape(B, b**3, H, W)
+        hist = F.avg_pool2d(joint, self.patch_size)  # [B, b^3, H/p, W/p]
+        return self.proj(hist.flatten(2).transpose(1, 2))  # [B, N, D], tokens row-major
+
+
 class Attention(nn.Module):
     """Multi-head self-attention with one fused qkv projection and `F.scaled_dot_product_attention`."""
 
@@ -237,6 +268,7 @@ class ViT(nn.Module):
         pos_interp: str = "bilinear",
         pixel_group: int = 0,
         block_position: int = 0,
+        colour_embed: int = 0,
     ):
         super().__init__()
         if not taps or sorted(set(taps)) != list(taps) or taps[-1] != size.depth - 1 or taps[0] < 0:
@@ -254,6 +286,8 @@ class ViT(nn.Module):
             self.patch_embed = SortedPatchEmbed(patch_size, size.dim, pixel_group)
         else:
             self.patch_embed = PatchEmbed(patch_size, size.dim)
+        # colour_embed = b > 0: each token also gets its block's soft joint colour histogram (b^3 cells)
+        self.colour_embed = BlockColourHistogram(patch_size, size.dim, colour_embed) if colour_embed else None
         self.cls_token = nn.Parameter(torch.zeros(1, 1, size.dim)) if class_token else None
         if position_embedding:
             n = self.num_prefix + self.grid[0] * self.grid[1]
@@ -281,9 +315,12 @@ class ViT(nn.Module):
             nn.init.normal_(self.cls_token, std=1e-6)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        image = x
         x = self.patch_embed(x)
         B, D, gh, gw = x.shape
         x = x.flatten(2).transpose(1, 2)  # [B, N, D], tokens in row-major block order
+        if self.colour_embed is not None:
+            x = x + self.colour_embed(image)
         if self.block_pos_embed is not None:
             r = self.block_position
             pe = self.block_pos_embed.reshape(1, r, r, D).repeat(1, gh // r, gw // r, 1).reshape(1, gh * gw, D)
