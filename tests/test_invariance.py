@@ -69,6 +69,8 @@ MODELS = {
     "sorted(16)+canonical+colour head+colour histogram": tiny(**KEY_INVARIANT, pixel_group=16, colour_head=8,
                                                                colour_embed=4),
     "sorted(4)+canonical+colour histogram": tiny(**KEY_INVARIANT, pixel_group=4, colour_embed=3),
+    "sorted(16, luma first)+canonical+colour head": tiny(**KEY_INVARIANT, pixel_group=16, colour_head=8, luma_sort=True),
+    "sorted(4, luma first)+canonical": tiny(**KEY_INVARIANT, pixel_group=4, luma_sort=True),
     "token, no canonical (control)": tiny(decoder="token", position_embedding=False),
     "token+position embedding (control)": tiny(decoder="token", position_embedding=True, canonical=True),
 }
@@ -164,3 +166,16 @@ def test_colour_histogram_counts_each_block_s_pixels_once_with_soft_votes():
         blk = x[0, :, :, 16 * j : 16 * (j + 1)].reshape(3, 256)[:, perm]
         shuffled[0, :, :, 16 * j : 16 * (j + 1)] = blk.reshape(3, 16, 16)
     assert torch.allclose(hist(shuffled)[0], got, atol=1e-6)
+
+
+def test_luma_sort_orders_a_sub_block_darkest_first_and_ties_only_identical_pixels():
+    from encseg.models.vit import pixel_sort_order
+
+    colours = [(200, 0, 0), (0, 90, 0), (10, 10, 10), (0, 90, 0)]  # luma 59800, 52830, 10000, 52830
+    img = np.array(colours, np.uint8).reshape(2, 2, 3)
+    x = normalize(torch.from_numpy(img).permute(2, 0, 1)[None])
+    order, keys = pixel_sort_order(x, 2, 2, luma=True)
+    assert order[0, 0, 0].tolist() == [2, 1, 3, 0]
+    assert keys[0, 0, 0, 1] == keys[0, 0, 0, 2] and len(set(keys[0, 0, 0].tolist())) == 3
+    order, _ = pixel_sort_order(x, 2, 2)  # packed r, g, b: red first decides
+    assert order[0, 0, 0].tolist() == [1, 3, 2, 0]

@@ -177,12 +177,12 @@ class SortedTokenHead(nn.Module):
     """
 
     def __init__(self, dim: int, num_classes: int, patch_size: int, group: int, norm: str, channels: int = 256,
-                 colour: int = 0):  # fmt: skip
+                 colour: int = 0, luma: bool = False):  # fmt: skip
         super().__init__()
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.proj = ConvNormAct(dim, channels, 1, norm)
         self.cls = nn.Conv2d(channels, num_classes * patch_size * patch_size, 1)
-        self.patch_size, self.group, self.num_classes = patch_size, group, num_classes
+        self.patch_size, self.group, self.num_classes, self.luma = patch_size, group, num_classes, luma
         # colour > 0: each token also predicts a small per-block classifier of pixel colour (K = colour
         # hidden units: K x 3 weights + K biases in, classes x K out), applied to every pixel's own
         # value: logits += W2 relu(W1 rgb + b1). Per pixel and per block, so as equivariant as the slots.
@@ -207,7 +207,7 @@ class SortedTokenHead(nn.Module):
         feat = self.proj(token_layer_norm(self.norm, x))
         logits = self.cls(feat)  # [B, C*p*p, h, w]
         logits = logits.reshape(B, C, r * r, q * q, h * w).permute(0, 1, 4, 2, 3)  # [B, C, N, S, q*q] by slot
-        order, keys = pixel_sort_order(image, p, q)  # [B, N, S, q*q]
+        order, keys = pixel_sort_order(image, p, q, self.luma)  # [B, N, S, q*q]
         # tied ranks (identical pixels) share the mean of their slots
         logits = _mean_over_runs(logits, keys)
         # slot k -> the position order[k]

@@ -77,6 +77,7 @@ class SETRConfig:
     block_position: bool = False  # key-invariant models with cipher_block > patch: position inside the block
     colour_head: int = 0  # K > 0 (with pixel_group): the slot decoder adds a per-block classifier of each pixel's colour
     colour_embed: int = 0  # b > 0: each token adds its block's soft joint colour histogram (b bins per channel)
+    luma_sort: bool = False  # with pixel_group: sort each sub-block's pixels by luma first (else by packed r, g, b)
 
     def __post_init__(self) -> None:
         self.img_size = (int(self.img_size[0]), int(self.img_size[1]))
@@ -96,6 +97,8 @@ class SETRConfig:
             raise UserError("colour_head needs pixel_group (it adds to the sorted-slot decoder)")
         if self.colour_head < 0:
             raise UserError("colour_head is the number of hidden colour units, 0 (off) or more")
+        if self.luma_sort and not self.pixel_group:
+            raise UserError("luma_sort needs pixel_group (it orders the sorted embedding's pixels)")
         if self.colour_embed < 0 or self.colour_embed == 1 or self.colour_embed > 8:
             raise UserError("colour_embed is the histogram's bins per channel: 0 (off) or 2..8")
         block = self.block
@@ -179,6 +182,7 @@ class SETR(nn.Module):
             pixel_group=cfg.pixel_group,
             block_position=cfg.block // cfg.patch_size if cfg.block_position else 0,
             colour_embed=cfg.colour_embed,
+            luma_sort=cfg.luma_sort,
         )
         self.canonical = BlockCanonical(cfg.block, cfg.patch_size if cfg.invariant_embedding else (cfg.pixel_group or None)) \
             if cfg.canonical else None
@@ -200,8 +204,9 @@ class SETR(nn.Module):
             self.decode_head = MaskHead(D, C, cfg.patch_size, size.heads)
             aux = [TokenHead(D, C, cfg.patch_size, norm, ch) for _ in range(n_aux)]
         elif cfg.pixel_group:  # key-invariant under pixel shuffle inside q x q sub-blocks: sorted slots
-            self.decode_head = SortedTokenHead(D, C, cfg.patch_size, cfg.pixel_group, norm, ch, cfg.colour_head)
-            aux = [SortedTokenHead(D, C, cfg.patch_size, cfg.pixel_group, norm, ch) for _ in range(n_aux)]
+            g, luma = cfg.pixel_group, cfg.luma_sort
+            self.decode_head = SortedTokenHead(D, C, cfg.patch_size, g, norm, ch, cfg.colour_head, luma)
+            aux = [SortedTokenHead(D, C, cfg.patch_size, g, norm, ch, luma=luma) for _ in range(n_aux)]
         elif cfg.invariant_embedding:  # key-invariant under pixel shuffle too: per-pixel decoding
             self.decode_head = PixelHead(D, C, norm, ch)
             aux = [PixelHead(D, C, norm, ch) for _ in range(n_aux)]

@@ -98,11 +98,13 @@ class SetPatchEmbed(nn.Module):
         return self.proj(pooled)  # [B, D, H/p, W/p]
 
 
-def pixel_sort_order(x: torch.Tensor, patch_size: int, group: int) -> tuple[torch.Tensor, torch.Tensor]:
+def pixel_sort_order(x: torch.Tensor, patch_size: int, group: int, luma: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Per q x q sub-block of each p x p block: the pixels' order sorted by value, and the sorted keys.
 
     x: normalised images [B, 3, H, W]. A pixel's key is its 0..255 value packed as r * 65536 + g * 256
-    + b (a total order on pixels; only identical pixels tie). Returns (order, keys), both
+    + b (a total order on pixels; only identical pixels tie); `luma=True` puts the pixel's luma
+    299r + 587g + 114b in front of it (darkest first, the packed value breaking ties, so again only
+    identical pixels tie). Returns (order, keys), both
     [B, N, S, q*q] with N blocks (row-major) and S = (p/q)^2 sub-blocks (row-major) per block; `order`
     indexes the q*q positions of a sub-block (row-major).
     """
@@ -110,6 +112,8 @@ def pixel_sort_order(x: torch.Tensor, patch_size: int, group: int) -> tuple[torc
 
     v = pixel_values(x)
     key = (v[:, 0] * 65536 + v[:, 1] * 256 + v[:, 2]).long()  # [B, H, W]
+    if luma:
+        key = key + (v[:, 0] * 299 + v[:, 1] * 587 + v[:, 2] * 114).long() * (1 << 24)
     sub = subblocks(key.unsqueeze(1), patch_size, group)[:, 0]  # [B, N, S, q*q]
     n = group * group
     # position as the last tie-break makes every key unique, so a plain sort is deterministic (and exportable)
@@ -138,16 +142,16 @@ class SortedPatchEmbed(nn.Module):
     whole block is order-free (`ps`, `psb`). As cheap as the linear embedding.
     """
 
-    def __init__(self, patch_size: int, dim: int, group: int, in_chans: int = 3):
+    def __init__(self, patch_size: int, dim: int, group: int, in_chans: int = 3, luma: bool = False):
         super().__init__()
         if group < 1 or patch_size % group:
             raise ValueError(f"group {group} must divide the patch size {patch_size}")
-        self.patch_size, self.group = patch_size, group
+        self.patch_size, self.group, self.luma = patch_size, group, luma
         self.proj = nn.Linear(in_chans * patch_size * patch_size, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, C, H, W = x.shape
-        order, _ = pixel_sort_order(x, self.patch_size, self.group)
+        order, _ = pixel_sort_order(x, self.patch_size, self.group, self.luma)
         sub = subblocks(x, self.patch_size, self.group)  # [B, C, N, S, q*q]
         ordered = sub.gather(-1, order.unsqueeze(1).expand_as(sub))
         tokens = self.proj(ordered.permute(0, 2, 1, 3, 4).reshape(B, order.shape[1], -1))  # [B, N, D]
@@ -269,6 +273,7 @@ class ViT(nn.Module):
         pixel_group: int = 0,
         block_position: int = 0,
         colour_embed: int = 0,
+        luma_sort: bool = False,
     ):
         super().__init__()
         if not taps or sorted(set(taps)) != list(taps) or taps[-1] != size.depth - 1 or taps[0] < 0:
@@ -283,7 +288,7 @@ class ViT(nn.Module):
         if invariant_embedding:
             self.patch_embed: nn.Module = SetPatchEmbed(patch_size, size.dim)
         elif pixel_group:
-            self.patch_embed = SortedPatchEmbed(patch_size, size.dim, pixel_group)
+            self.patch_embed = SortedPatchEmbed(patch_size, size.dim, pixel_group, luma=luma_sort)
         else:
             self.patch_embed = PatchEmbed(patch_size, size.dim)
         # colour_embed = b > 0: each token also gets its block's soft joint colour histogram (b^3 cells)
