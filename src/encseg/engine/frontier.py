@@ -56,8 +56,10 @@ CANDIDATES = (
               INVARIANT, 1.25),
     Candidate("sorted4-bs-ps4-np-cs", "key-invariant sorted 4x4 + canonical", "per-image", "bs-ps4-np-cs",
               _pi("bs-ps4-np-cs", "bs-psb4-np-cs"), INVARIANT | {"pixel_group": 4}),
-    Candidate("sorted16c-bs-psb-np-cs", "key-invariant sorted + colour head + canonical", "per-image", "bs-psb-np-cs",
-              _pi("bs-psb-np-cs", "bs-ps-np-cs"), INVARIANT | {"pixel_group": 16, "colour_head": 8}, 0.935),
+    # probe WL (docs/training.md): colour head, decoder width 128, luma-first sort; 1.06 x 1.07 the sorted16 step time
+    Candidate("sorted16wl-bs-psb-np-cs", "key-invariant sorted (luma) + colour head + wide decoder + canonical",
+              "per-image", "bs-psb-np-cs", _pi("bs-psb-np-cs", "bs-ps-np-cs"),
+              INVARIANT | {"pixel_group": 16, "colour_head": 8, "channels": 128, "luma_sort": True}, 0.88),
     Candidate("inv32-bs-np-cs", "key-invariant token + canonical, 32-px blocks", "per-image", "bs-np-cs/32",
               _pi("bs-np-cs/32"), INVARIANT | {"cipher_block": 32, "block_position": True}, 1.25),
 )  # fmt: skip
