@@ -166,7 +166,9 @@ class BlockColourHistogram(nn.Module):
     each block's histogram is the mean over its pixels, mapped linearly to the token width. A mean
     over the block's pixels, so any pixel shuffle inside the block leaves it unchanged; it gives the
     encoder the joint colour distribution that a linear map of the sorted pixels reaches only poorly
-    (the packed-key sort orders by the first channel, the others follow in no useful order).
+    (the packed-key sort orders by the first channel, the others follow in no useful order). That was
+    the hypothesis; at equal wall time it did not help (probe H, docs/training.md), while sorting by
+    luma first (`luma_sort`) did.
     """
 
     def __init__(self, patch_size: int, dim: int, bins: int):
