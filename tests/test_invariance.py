@@ -179,3 +179,31 @@ def test_luma_sort_orders_a_sub_block_darkest_first_and_ties_only_identical_pixe
     assert keys[0, 0, 0, 1] == keys[0, 0, 0, 2] and len(set(keys[0, 0, 0].tolist())) == 3
     order, _ = pixel_sort_order(x, 2, 2)  # packed r, g, b: red first decides
     assert order[0, 0, 0].tolist() == [1, 3, 2, 0]
+
+
+def test_slot_logits_go_to_their_pixels_and_identical_pixels_share_the_mean_of_their_slots():
+    """The sorted-slot decoder's bookkeeping against a per-pixel loop: position i gets slot rank(i),
+    and pixels with equal keys get the mean over all the slots their run of ranks covers."""
+    from encseg.models.heads import _slots_to_positions
+
+    g = torch.Generator().manual_seed(3)
+    B, C, N, S, P = 2, 3, 4, 2, 16
+    keys_by_pos = torch.randint(0, 5, (B, N, S, P), generator=g)  # few values: long runs of ties
+    keys_by_pos[0, 0, 0] = 7  # a flat sub-block: one run over every slot
+    keys_by_pos[0, 0, 1] = torch.randperm(P, generator=g)  # no ties at all
+    unique = keys_by_pos * P + torch.arange(P)
+    order = unique.sort(-1).indices
+    keys = keys_by_pos.gather(-1, order)
+    slots = torch.randn(B, C, N, S, P, generator=g)
+    got = _slots_to_positions(slots, order, keys)
+    want = torch.empty_like(slots)
+    for b, n, s in np.ndindex(B, N, S):
+        for i in range(P):
+            same = (keys[b, n, s] == keys_by_pos[b, n, s, i]).nonzero().flatten()  # the slots of i's run
+            want[b, :, n, s, i] = slots[b, :, n, s, same].mean(-1)
+    assert torch.allclose(got, want, atol=1e-5)
+    assert torch.allclose(got[0, :, 0, 0], slots[0, :, 0, 0].mean(-1, keepdim=True).expand(C, P), atol=1e-5)
+    rank = order.argsort(-1)
+    assert torch.allclose(got[0, :, 0, 1], slots[0, :, 0, 1].gather(-1, rank[0, 0, 1].expand(C, P)), atol=1e-5)
+    # a control: slot k read at position k (no inverse permutation) fails the same check
+    assert not torch.allclose(slots, want, atol=1e-3)

@@ -195,7 +195,7 @@ class SortedTokenHead(nn.Module):
         g = self.colour_gen(feat).reshape(B, K, 4 + C, h, w)
         pix = image.reshape(B, 3, h, p, w, p)  # every block's pixels, without copying a generator per pixel
         hidden = F.relu(torch.einsum("bkjhw,bjhpwq->bkhpwq", g[:, :, :3], pix) + g[:, :, 3, :, None, :, None])
-        logits = torch.einsum("bkchw,bkhpwq->bchpwq", g[:, :, 4:], hidden) / K
+        logits = torch.einsum("bkchw,bkhpwq->bchpwq", g[:, :, 4:] / K, hidden)  # the mean over units, scaled per block
         return logits.reshape(B, C, h * p, w * p)
 
     def forward(self, x: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
@@ -205,26 +205,20 @@ class SortedTokenHead(nn.Module):
         p, q, C = self.patch_size, self.group, self.num_classes
         r = p // q
         feat = self.proj(token_layer_norm(self.norm, x))
-        logits = self.cls(feat)  # [B, C*p*p, h, w]
-        logits = logits.reshape(B, C, r * r, q * q, h * w).permute(0, 1, 4, 2, 3)  # [B, C, N, S, q*q] by slot
+        # the 1x1 classifier as a matmul over tokens (the same weights; a 1x1 convolution with this many
+        # outputs costs an im2col copy each way), straight into the slot layout [B, C, N, S, q*q]
+        weight = self.cls.weight.reshape(self.cls.out_channels, -1)
+        logits = F.linear(feat.flatten(2).transpose(1, 2), weight, self.cls.bias)  # [B, N, C*p*p]
+        logits = logits.reshape(B, h * w, C, r * r, q * q).transpose(1, 2)
         order, keys = pixel_sort_order(image, p, q, self.luma)  # [B, N, S, q*q]
-        # tied ranks (identical pixels) share the mean of their slots
-        logits = _mean_over_runs(logits, keys)
-        # slot k -> the position order[k]
-        inverse = order.argsort(-1).unsqueeze(1).expand_as(logits)
-        logits = logits.gather(-1, inverse)  # [B, C, N, S, q*q] by position
+        logits = _slots_to_positions(logits, order, keys)  # [B, C, N, S, q*q] by position
         logits = logits.reshape(B, C, h, w, r, r, q, q).permute(0, 1, 2, 4, 6, 3, 5, 7)
         logits = logits.reshape(B, C, h * p, w * p)
         return logits + self._colour_logits(feat, image) if self.colour else logits
 
 
-def _mean_over_runs(values: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-    """Replace each slot's value by the mean over its run of equal (sorted) keys along the last axis.
-
-    values [B, C, ...,  P], keys [B, ..., P] sorted ascending. Runs are contiguous, so a run's sum is
-    a difference of cumulative sums between its first and last slot (no scatter-add: its ONNX
-    lowering mishandles repeated indices).
-    """
+def _run_bounds(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For keys [..., P] sorted ascending: each slot's run of equal keys, as its first and last slot."""
     P = keys.shape[-1]
     pos = torch.arange(P, device=keys.device).expand_as(keys)
     first = torch.ones_like(keys, dtype=torch.bool)
@@ -233,15 +227,32 @@ def _mean_over_runs(values: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
     last[..., :-1] = keys[..., 1:] != keys[..., :-1]
     run = first.long().cumsum(-1) - 1  # run index of every slot
     # each run's first and last slot; slots that are not a run's first (last) write to a spare cell P
+    # (no scatter-add anywhere: its ONNX lowering mishandles repeated indices)
     spare = torch.full_like(pos, P)
     start = torch.zeros(*keys.shape[:-1], P + 1, dtype=torch.long, device=keys.device)
     start = start.scatter(-1, torch.where(first, run, spare), pos)[..., :P].gather(-1, run)
     end = torch.zeros(*keys.shape[:-1], P + 1, dtype=torch.long, device=keys.device)
     end = end.scatter(-1, torch.where(last, run, spare), pos)[..., :P].gather(-1, run)
-    start, end = start.unsqueeze(1).expand_as(values), end.unsqueeze(1).expand_as(values)
-    csum = values.cumsum(-1)
-    total = csum.gather(-1, end) - csum.gather(-1, start) + values.gather(-1, start)
-    return total / (end - start + 1).to(values.dtype)
+    return start, end
+
+
+def _slots_to_positions(values: torch.Tensor, order: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """Slot values [B, C, ..., P] (slot k: the pixel of rank k) -> values by position, ties averaged.
+
+    `order` [B, ..., P] is the sort order (slot k holds position order[k]) and `keys` the sorted keys.
+    Position i gets the mean of the slots in the run of equal keys that its rank falls in: a
+    difference of the cumulative sum (a leading zero prepended) at the run's two ends, divided by its
+    length. The run bounds are found and moved to positions in index space, so the C-channel tensor
+    sees one cumulative sum and two gathers, whatever C is.
+    """
+    start, end = _run_bounds(keys)
+    P = keys.shape[-1]
+    pos = torch.arange(P, device=keys.device).expand_as(order)
+    rank = torch.zeros_like(order).scatter(-1, order, pos)  # position -> its slot (a permutation: no repeats)
+    lo, hi = start.gather(-1, rank), end.gather(-1, rank) + 1  # the run of each position, half-open [lo, hi)
+    csum = F.pad(values.cumsum(-1), (1, 0))  # [B, C, ..., P + 1], csum[..., j] = sum of slots < j
+    total = csum.gather(-1, hi.unsqueeze(1).expand_as(values)) - csum.gather(-1, lo.unsqueeze(1).expand_as(values))
+    return total * (1.0 / (hi - lo).to(values.dtype)).unsqueeze(1)  # a reciprocal per position, not per channel
 
 
 class PixelHead(nn.Module):
