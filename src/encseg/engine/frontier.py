@@ -8,7 +8,7 @@ the default scheme is the most accurate one that meets the privacy goals.
 
 Every run of a budget gets about the same wall time on one CPU thread: `steps_factor` scales the
 steps by how much faster a model trains per step than plain SETR-PUP (measured without contention,
-docs/training.md). All figures are on the procedural street benchmark, not Cityscapes.
+docs/training.md; the default scheme's model in training beside plain SETR, docs/benchmarks.md). All figures are on the procedural street benchmark, not Cityscapes.
 """
 
 from __future__ import annotations
@@ -56,10 +56,11 @@ CANDIDATES = (
               INVARIANT, 1.25),
     Candidate("sorted4-bs-ps4-np-cs", "key-invariant sorted 4x4 + canonical", "per-image", "bs-ps4-np-cs",
               _pi("bs-ps4-np-cs", "bs-psb4-np-cs"), INVARIANT | {"pixel_group": 4}),
-    # probe WL (docs/training.md): colour head, decoder width 128, luma-first sort; 1.06 x 1.07 the sorted16 step time
+    # probe WL (docs/training.md): colour head, decoder width 128, luma-first sort. 0.81: steps/s against plain
+    # SETR-PUP training beside it, two runs at a time (session 8, after the slot decoder's rewrite; docs/benchmarks.md)
     Candidate("sorted16wl-bs-psb-np-cs", "key-invariant sorted (luma) + colour head + wide decoder + canonical",
               "per-image", "bs-psb-np-cs", _pi("bs-psb-np-cs", "bs-ps-np-cs"),
-              INVARIANT | {"pixel_group": 16, "colour_head": 8, "channels": 128, "luma_sort": True}, 0.88),
+              INVARIANT | {"pixel_group": 16, "colour_head": 8, "channels": 128, "luma_sort": True}, 0.81),
     Candidate("inv32-bs-np-cs", "key-invariant token + canonical, 32-px blocks", "per-image", "bs-np-cs/32",
               _pi("bs-np-cs/32"), INVARIANT | {"cipher_block": 32, "block_position": True}, 1.25),
 )  # fmt: skip
