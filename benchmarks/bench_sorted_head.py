@@ -25,23 +25,12 @@ import torch
 import torch.nn.functional as F
 
 from encseg.models import SETRConfig, build_setr
-from encseg.models.heads import SortedTokenHead, token_layer_norm
+from encseg.models.heads import SortedTokenHead, _run_bounds, token_layer_norm
 from encseg.models.vit import pixel_sort_order
 
 
 def _mean_over_runs_baseline(values: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-    P = keys.shape[-1]
-    pos = torch.arange(P, device=keys.device).expand_as(keys)
-    first = torch.ones_like(keys, dtype=torch.bool)
-    first[..., 1:] = keys[..., 1:] != keys[..., :-1]
-    last = torch.ones_like(keys, dtype=torch.bool)
-    last[..., :-1] = keys[..., 1:] != keys[..., :-1]
-    run = first.long().cumsum(-1) - 1
-    spare = torch.full_like(pos, P)
-    start = torch.zeros(*keys.shape[:-1], P + 1, dtype=torch.long)
-    start = start.scatter(-1, torch.where(first, run, spare), pos)[..., :P].gather(-1, run)
-    end = torch.zeros(*keys.shape[:-1], P + 1, dtype=torch.long)
-    end = end.scatter(-1, torch.where(last, run, spare), pos)[..., :P].gather(-1, run)
+    start, end = _run_bounds(keys)  # the run bounds themselves did not change
     start, end = start.unsqueeze(1).expand_as(values), end.unsqueeze(1).expand_as(values)
     csum = values.cumsum(-1)
     total = csum.gather(-1, end) - csum.gather(-1, start) + values.gather(-1, start)
