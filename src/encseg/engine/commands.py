@@ -112,11 +112,13 @@ def experiment_cmd(
     only: Optional[str] = typer.Option(None, help="comma-separated run names: redo these from scratch and run no others"),
     privacy: Path = typer.Option(Path("docs/attack-record/results.json"), help="frontier: the `encseg attack` results.json to read privacy figures from"),
     rescore: Optional[Path] = typer.Option(None, help="frontier: rebuild the report from an earlier invocation's frontier.json against --privacy, training nothing"),
+    parallel: Optional[int] = typer.Option(None, help="training processes at a time (default: the budget's, 2 on the CPU budgets); results do not depend on it"),
 ) -> None:
     """The frontier (per scheme: per-image-key mIoU against the attacks' figures) or the paper's table, on the street benchmark."""
     from encseg.engine.experiment import run_experiment
 
-    run_experiment(budget, out, data, results, chart, demo_out, only.split(",") if only else None, privacy, rescore)
+    run_experiment(budget, out, data, results, chart, demo_out, only.split(",") if only else None, privacy, rescore,
+                   parallel)
 
 
 def export_demo_cmd(

@@ -29,7 +29,7 @@ import shutil
 import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -160,6 +160,7 @@ def _run_job(run: Run, data_root: str, budget: Budget, data: dict) -> dict:
 
     from encseg.cipher import Scheme, load_key
     from encseg.data.cityscapes import CityscapesDataset
+    from encseg.engine.distributed import pick_device
     from encseg.engine.evaluate import evaluate
     from encseg.engine.frontier import split_scheme
     from encseg.engine.train import shared_key_path, train
@@ -175,13 +176,14 @@ def _run_job(run: Run, data_root: str, budget: Budget, data: dict) -> dict:
     if not final.exists():
         train(run.cfg, resume=True, progress=False)
     train_s = time.perf_counter() - t0
-    model, config, _ = load_checkpoint(final)
+    device = pick_device(run.cfg.run.device)  # score where it trained (the CPU budgets: the CPU)
+    model, config, _ = load_checkpoint(final, device=device)
     val = CityscapesDataset(data_root, "val")
     results = []
     for mode, scheme in run.evals:
         s = Scheme.parse(split_scheme(scheme)[0], block_size=config.block) if scheme else None
         key = load_key(shared_key_path(run.cfg)) if mode == "shared" else None
-        r = evaluate(model, val, "cpu", mode, s, key, crop=budget.eval_crop, stride=budget.eval_stride,
+        r = evaluate(model, val, device, mode, s, key, crop=budget.eval_crop, stride=budget.eval_stride,
                      batch_size=budget.eval_batch)
         results.append(r.to_dict() | {"test": mode, "scheme": scheme})
     record = {
@@ -242,10 +244,16 @@ def ensure_data(budget: Budget, root: Path) -> Path:
 def run_experiment(budget_name: str, out: Path, data: Path | None, results_md: Path, chart: Path,
                    demo_out: Path | None = None, only: list[str] | None = None,
                    privacy: Path = Path("docs/attack-record/results.json"),
-                   rescore: Path | None = None) -> list[dict]:  # fmt: skip
+                   rescore: Path | None = None, parallel: int | None = None) -> list[dict]:  # fmt: skip
+    """Train and score every run of `budget_name` (`parallel` at a time: default the budget's), then
+    write the report. The runs' configs, and so their results, do not depend on `parallel`."""
     if budget_name not in BUDGETS:
         raise UserError(f"unknown budget {budget_name!r}; budgets: {', '.join(BUDGETS)}")
     budget = BUDGETS[budget_name]
+    if parallel is not None:
+        if parallel < 1:
+            raise UserError(f"--parallel must be at least 1 (got {parallel})")
+        budget = replace(budget, parallel=parallel)
     if rescore is not None:
         return rescore_frontier(budget, Path(rescore), data, results_md, chart, demo_out, privacy)
     t0 = time.perf_counter()
@@ -351,7 +359,8 @@ def _frontier_report(budget: Budget, records: list[dict], data_root: Path, resul
 
     from encseg.engine.frontier import choose_default, frontier_rows, load_privacy, plain_miou, write_frontier_report
 
-    wall = (f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores visible, torch {torch.__version__}, "
+    gpu = f", GPU {torch.cuda.get_device_name(0)} (training and scoring on it)" if torch.cuda.is_available() else ", no GPU"
+    wall = (f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores visible{gpu}, torch {torch.__version__}, "
             f"{budget.parallel} runs at a time with {budget.threads} thread each; this invocation {total_s / 60:.1f} min"
             + (f"; the invocation that trained {trained['runs_trained']} of the {trained['runs']} runs took "
                f"{trained['wall_minutes']} min (data generation {trained['data_minutes']} min)." if trained else "."))
