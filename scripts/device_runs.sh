@@ -22,7 +22,7 @@ SCALE=${SCALE:-1}
 FRONTIER=${FRONTIER:-1}
 WHEELS=${WHEELS:-.whl}
 OUT=${OUT:-/tmp/device-out}
-mkdir -p "$OUT" runs logs
+mkdir -p "$OUT" runs/logs
 elapsed() { echo $(( $(date +%s) - T0 )); }
 
 if ls "$WHEELS"/*.whl >/dev/null 2>&1; then
@@ -49,15 +49,15 @@ WL=(--set encryption.mode=per-image --set encryption.scheme=bs-psb-np-cs --set m
     --set model.colour_head=8 --set model.channels=128 --set model.luma_sort=true)
 R75=(--set "data.ratio_range=[0.75, 1.5]")
 pids=()
-train() {  # NAME STEPS ARGS...: one training process in the background, its output in logs/NAME.log
+train() {  # NAME STEPS ARGS...: one training process in the background, its output in runs/logs/NAME.log
   local name=$1 n; n=$(steps "$2"); shift 2
   setsid $E train --preset streets-cpu --set data.root=data/streets-cpu-small --set run.threads=1 --no-progress \
-    --set run.steps="$n" --set run.ckpt_every="$n" --set run.out="runs/$name" "$@" >"logs/$name.log" 2>&1 &
+    --set run.steps="$n" --set run.ckpt_every="$n" --set run.out="runs/$name" "$@" >"runs/logs/$name.log" 2>&1 &
   pids+=($!)
 }
 if [ "$FRONTIER" = 1 ]; then
   setsid $E experiment --budget cpu-frontier --out runs/experiment --parallel 7 --privacy docs/attack-record/results.json \
-    --results runs/frontier/results.md --chart runs/frontier/results.png >logs/frontier.log 2>&1 &
+    --results runs/frontier/results.md --chart runs/frontier/results.png >runs/logs/frontier.log 2>&1 &
   pids+=($!)
 fi
 train wl8 6480 "${WL[@]}"
@@ -73,7 +73,7 @@ status() {
 }
 sleep 60
 status
-if grep -l Traceback logs/*.log; then echo "a run failed early:"; tail -20 $(grep -l Traceback logs/*.log | head -2); fi
+if grep -l Traceback runs/logs/*.log; then echo "a run failed early:"; tail -20 $(grep -l Traceback runs/logs/*.log | head -2); fi
 nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader 2>/dev/null
 while [ "$(elapsed)" -lt "$DEADLINE" ]; do
   alive=0; for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
@@ -82,7 +82,7 @@ while [ "$(elapsed)" -lt "$DEADLINE" ]; do
 done
 for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && { echo "stopping $p at the deadline"; kill -- -"$p" 2>/dev/null; }; done
 sleep 2
-echo "training over at $(elapsed)s"; tail -3 logs/frontier.log 2>/dev/null
+echo "training over at $(elapsed)s"; tail -3 runs/logs/frontier.log 2>/dev/null
 
 score() {  # NAME DATA ENCRYPTION [SCHEME]: one evaluation into runs/NAME/eval-<data>.json
   local name=$1 data=$2 enc=$3 tag; tag=$(basename "$data")
@@ -112,7 +112,7 @@ for name in ("wl8", "plain8000", "wl8-r75"):
         t = {k: (v.half() if v.is_floating_point() else v) for k, v in load_file(str(src)).items()}
         save_file(t, str(Path(sys.argv[1]) / f"{name}.safetensors"), metadata=meta)
 EOF
-tar czf "$OUT/results.tgz" logs runs/*/log.csv runs/*/config.json runs/*/model.json runs/*/eval-*.json \
+tar czf "$OUT/results.tgz" runs/logs runs/*/log.csv runs/*/config.json runs/*/model.json runs/*/eval-*.json \
   runs/experiment/cpu-frontier/*/results.json runs/experiment/cpu-frontier/*/log.csv runs/experiment/cpu-frontier/timing.json \
   runs/frontier 2>/dev/null
 ls -la "$OUT"; echo "done at $(elapsed)s"
