@@ -62,6 +62,8 @@ def evaluate_cmd(
     jpeg_quality: Optional[int] = typer.Option(None, help="send each ciphertext through the JPEG transport at this quality (1-100)"),
     arrangement: str = typer.Option("auto", help="auto (sorted for JPEG when the scheme shuffles pixels), none or "
                                     "sorted: the pixel order ciphertexts travel in (docs/encryption-format.md section 13)"),
+    refiner: Optional[Path] = typer.Option(None, help="the client's refiner (refiner.safetensors): applied to every "
+                                           "decrypted label map before scoring (encseg train-refiner)"),
 ) -> None:
     """mIoU (Cityscapes protocol) of a checkpoint, on plain or encrypted test images."""
     from encseg.cipher import Scheme, load_key
@@ -72,6 +74,11 @@ def evaluate_cmd(
 
     dev = pick_device(device)
     model, config, extra = load_checkpoint(checkpoint, dev)
+    ref = None
+    if refiner is not None:
+        from encseg.models.refine import load_refiner
+
+        ref = load_refiner(refiner)[0]
     trained = (extra.get("train_config") or {}).get("encryption", {})
     s = None
     if encryption != "none":
@@ -84,7 +91,7 @@ def evaluate_cmd(
 
         check_quality(jpeg_quality)
     result = evaluate(model, ds, dev, encryption, s, shared, crop_hw, stride_hw, batch_size, save_png, limit, progress=True,
-                      jpeg_quality=jpeg_quality, arrangement=arrangement)
+                      jpeg_quality=jpeg_quality, arrangement=arrangement, refiner=ref)
     typer.echo(result.table())
     mode = "plain test images" if encryption == "none" else f"{encryption} keys, scheme {s.name}"
     arranged = "none"
@@ -96,6 +103,8 @@ def evaluate_cmd(
         mode += f", JPEG transport quality {jpeg_quality}"
     if arranged != "none":
         mode += f", {arranged} arrangement"
+    if ref is not None:
+        mode += ", the client's refiner after decryption"
     typer.echo(f"mIoU {result.miou:.2f} over {result.images} images ({mode}); pixel accuracy {result.pixel_accuracy:.2f}")
     if json_out is not None:
         write_result(result, json_out, {"checkpoint": str(checkpoint), "data": str(data), "split": split,
@@ -171,7 +180,28 @@ def export_demo_cmd(
     typer.echo(f"wrote {path} ({line}, scenes {size[0]}x{size[1]})")
 
 
+def train_refiner_cmd(
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="the server's model (model.safetensors or the demo asset)"),
+    data: Path = typer.Option(..., "--data", help="dataset folder in the Cityscapes layout (train split to learn, val to score)"),
+    out: Path = typer.Option(Path("runs/refiner"), "--out", "-o", help="folder for refiner.safetensors + refiner.json"),
+    minutes: float = typer.Option(4.0, help="wall-clock budget of the training loop"),
+    steps: Optional[int] = typer.Option(None, min=1, help="train exactly this many steps instead of --minutes"),
+    width: int = typer.Option(32, min=1, max=1024, help="channels of the refiner's context path"),
+    seed: int = typer.Option(0, help="seed of the refiner's weights and batches"),
+    threads: int = typer.Option(1, min=0, help="torch threads (0: torch's default)"),
+    limit: Optional[int] = typer.Option(None, min=1, help="use only the first N training scenes"),
+) -> None:
+    """Train the client's refiner: after decryption, it puts back the block positions the server never saw."""
+    from encseg.engine.refine import train_refiner
+
+    s = train_refiner(checkpoint, data, out, minutes, steps, width=width, seed=seed, threads=threads, limit=limit)
+    typer.echo(f"val mIoU ({s['val_images']} scenes, a fresh key per image, scheme {s['scheme']}): server alone "
+               f"{s['val_miou_server']:.2f}, with the refiner {s['val_miou_refined']:.2f} ({s['steps']} steps, "
+               f"{s['train_seconds']:.0f} s) -> {out / 'refiner.safetensors'}")
+
+
 def register(app: typer.Typer) -> None:
+    app.command("train-refiner")(train_refiner_cmd)
     app.command("train")(train_cmd)
     app.command("evaluate")(evaluate_cmd)
     app.command("experiment")(experiment_cmd)

@@ -132,11 +132,13 @@ def evaluate(
     progress: bool = False,
     jpeg_quality: int | None = None,
     arrangement: str = "auto",
+    refiner=None,
 ) -> EvalResult:
     """Score `model` on `dataset` (raw arrays, no transform) with plain or encrypted test images;
     with `jpeg_quality`, each ciphertext goes through the JPEG transport (encode at that quality,
     check, decode) before the model sees it, as a JPEG client's would, in the client's `arrangement`
-    (`auto`: sorted for JPEG when the scheme shuffles pixels; encseg.cipher.arrange)."""
+    (`auto`: sorted for JPEG when the scheme shuffles pixels; encseg.cipher.arrange). With `refiner`
+    (encseg.models.refine), each decrypted label map goes through the client's refiner before scoring."""
     from encseg.cipher import decrypt_mask, encrypt
     from encseg.cipher.arrange import SORTED, arrange, restore_labels, transport_arrangement
     from encseg.cipher.jpeg import check_block_size, jpeg_roundtrip
@@ -193,6 +195,8 @@ def evaluate(
                 if arranged:
                     pred = pred_encrypted = restore_labels(pred, ciphertexts[j], scheme)
                 pred = np.asarray(decrypt_mask(pred, keys[j], scheme, sizes[j]))
+            if refiner is not None:
+                pred = refiner.refine(pred)
             conf += confusion_matrix(pred, label, num_classes)
             if save_dir is not None:
                 name = dataset.items[start + j].name

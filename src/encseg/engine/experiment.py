@@ -65,6 +65,7 @@ class Budget:
     eval_stride: tuple[int, int] | None = None
     frontier: bool = False  # the privacy-accuracy frontier (encseg.engine.frontier) instead of the paper's table
     data_name: str | None = None  # data folder data/streets-<data_name> (default: the budget's name)
+    refine_steps: int = 0  # frontier: also fit the client's refiner (encseg.models.refine) on each run, this many steps
 
 
 BUDGETS = {
@@ -73,7 +74,7 @@ BUDGETS = {
     ),
     "cpu-frontier": Budget(
         name="cpu-frontier", train_preset="streets-cpu", steps=4000, size=(128, 256), n_train=1500, n_val=100,
-        frontier=True, data_name="cpu-small",
+        frontier=True, data_name="cpu-small", refine_steps=800,
     ),
     "gpu-small": Budget(
         name="gpu-small", train_preset="streets-cpu", steps=8000, size=(256, 512), n_train=3000, n_val=300,
@@ -186,10 +187,19 @@ def _run_job(run: Run, data_root: str, budget: Budget, data: dict) -> dict:
         r = evaluate(model, val, device, mode, s, key, crop=budget.eval_crop, stride=budget.eval_stride,
                      batch_size=budget.eval_batch)
         results.append(r.to_dict() | {"test": mode, "scheme": scheme})
+    refined = None
+    if budget.refine_steps and run.train in ("none", "per-image"):
+        from encseg.engine.refine import refine_run
+
+        mode, scheme = run.evals[0]  # the setting the run trained for
+        s = Scheme.parse(split_scheme(scheme)[0], block_size=config.block) if scheme else None
+        refined = refine_run(model, Path(data_root), s, budget.refine_steps, device)[1] | {"test": mode, "scheme": scheme}
     record = {
         "name": run.name, "model": run.model, "train": run.train, "scheme": run.scheme,
         "steps": run.cfg.run.steps, "train_seconds": round(train_s, 1),
-        "eval_seconds": round(time.perf_counter() - t0 - train_s, 1), "results": results,
+        "eval_seconds": round(time.perf_counter() - t0 - train_s, 1), "results": results, "refined": refined,
+        "machine": torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.machine()}, "
+                   f"{run.cfg.run.threads or 'all'} thread{'s' if run.cfg.run.threads != 1 else ''})",
         "config": run.cfg.to_dict(), "data": data,
     }  # fmt: skip
     (out / "results.json").write_text(json.dumps(record, indent=2) + "\n")
@@ -301,7 +311,9 @@ def run_experiment(budget_name: str, out: Path, data: Path | None, results_md: P
                                       "runs_trained": len(todo), "runs": len(runs)}) + "\n")  # fmt: skip
     trained = json.loads(timing.read_text()) if timing.is_file() else None
     if budget.frontier:
-        _frontier_report(budget, ordered, data_root, results_md, chart, demo_out, total_s, trained, privacy)
+        command = (f"encseg experiment --budget {budget.name}" + (f" --parallel {parallel}" if parallel else "")
+                   + f" --privacy {privacy}" + (f" --demo-out {demo_out}" if demo_out is not None else ""))
+        _frontier_report(budget, ordered, data_root, results_md, chart, demo_out, total_s, trained, privacy, command)
         print(f"wrote {results_md} and {chart} ({total_s / 60:.1f} min)", flush=True)
         return ordered
     if demo_out is not None:
@@ -354,7 +366,8 @@ def _scheme_descriptors(rec: dict, first: str) -> list[dict]:
 
 
 def _frontier_report(budget: Budget, records: list[dict], data_root: Path, results_md: Path, chart: Path,
-                     demo_out: Path | None, total_s: float, trained: dict | None, privacy: Path) -> None:  # fmt: skip
+                     demo_out: Path | None, total_s: float, trained: dict | None, privacy: Path,
+                     command: str | None = None) -> None:  # fmt: skip
     import torch
 
     from encseg.engine.frontier import choose_default, frontier_rows, load_privacy, plain_miou, write_frontier_report
@@ -378,7 +391,7 @@ def _frontier_report(budget: Budget, records: list[dict], data_root: Path, resul
             data={"generator_seed": budget.data_seed, "train": budget.n_train, "val": budget.n_val},
         )  # fmt: skip
     lines = demo_model_lines(demo_out) if demo_out is not None and default is not None else []
-    write_frontier_report(budget, records, data_root, results_md, chart, privacy, wall, lines)
+    write_frontier_report(budget, records, data_root, results_md, chart, privacy, wall, lines, command)
 
 
 # -- the report -----------------------------------------------------------------------------------

@@ -116,8 +116,21 @@ def plain_miou(records: list[dict]) -> float | None:
     return next((x["miou"] for r in records if r["name"] == "setr-plain" for x in r["results"] if x["test"] == "none"), None)
 
 
+def refined_miou(record: dict | None, scheme: str | None) -> float | None:
+    """A run's mIoU with the client's refiner after decryption (the experiment's refiner stage), where
+    the run has one for `scheme` (None: plain images)."""
+    r = (record or {}).get("refined")
+    return r["miou"] if isinstance(r, dict) and r.get("scheme") == scheme and r.get("miou") is not None else None
+
+
+def plain_refined(records: list[dict]) -> float | None:
+    """Plain SETR on plain images with the same refiner stage: the reference for the refined column."""
+    return next((refined_miou(r, None) for r in records if r["name"] == "setr-plain"), None)
+
+
 def frontier_rows(records: list[dict], privacy: dict[str, dict]) -> list[dict]:
-    """Per scheme: the best per-image-key model and mIoU, the plain SETR's mIoU on it, privacy figures."""
+    """Per scheme: the best per-image-key model and mIoU (and with the client's refiner, where that run
+    has one), the plain SETR's mIoU on it, privacy figures."""
     plain = plain_miou(records)
     rows = []
     for s in ALL_SCHEMES:
@@ -129,9 +142,11 @@ def frontier_rows(records: list[dict], privacy: dict[str, dict]) -> list[dict]:
                 if x["test"] == "per-image" and x["scheme"] == s and (best is None or x["miou"] > best[1]):
                     best = (r, x["miou"])
         p = privacy_summary(privacy.get(s))
+        refined = refined_miou(best[0], s) if best else None
         rows.append({
             "scheme": s, "model": best[0]["model"] if best else None, "run": best[0]["name"] if best else None,
             "miou": best[1] if best else None, "ratio": (best[1] / plain) if best and plain else None,
+            "refined": refined, "refined_ratio": (refined / plain) if refined is not None and plain else None,
             "format": 2 if "psb" in s else 1, "passes": passes(p), **p,
         })  # fmt: skip
     return rows
@@ -158,21 +173,28 @@ def _f(v, fmt="{:.1f}") -> str:
     return "—" if v is None else fmt.format(v)
 
 
-def frontier_table(rows: list[dict], plain: float | None) -> list[str]:
+def frontier_table(rows: list[dict], plain: float | None, plain_ref: float | None = None) -> list[str]:
     lines = [
-        "| scheme | format | best per-image-key model | mIoU | x plain | jigsaw direct (x chance) | neighbour | "
-        "max semantic leakage | position probe (x chance) | privacy goals |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|---|",
+        "| scheme | format | best per-image-key model | mIoU | x plain | + client refiner | x plain | "
+        "jigsaw direct (x chance) | neighbour | max semantic leakage | position probe (x chance) | privacy goals |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         verdict = {True: "**pass**", False: "fail", None: "—"}[r["passes"]]
         lines.append(
             f"| `{r['scheme']}` | v{r['format']} | {r['model'] or '—'} | {_f(r['miou'])} | {_f(r['ratio'], '{:.2f}')} | "
+            f"{_f(r.get('refined'))} | {_f(r.get('refined_ratio'), '{:.2f}')} | "
             f"{_f(r.get('direct_x_chance'))} | {_f(r.get('neighbour'), '{:.1%}') if r.get('neighbour') is not None else '—'} | "
             f"{_f(r.get('leakage'), '{:.2f}')} | {_f(r.get('position_probe'), '{:.1f}')} | {verdict} |"
         )
     if plain is not None:
-        lines += ["", f"Plain SETR-PUP on plain images (the reference): **{plain:.1f}** mIoU."]
+        lines += ["", f"Plain SETR-PUP on plain images (the reference): **{plain:.1f}** mIoU"
+                  + (f"; with the same refiner stage on its labels: {plain_ref:.1f}." if plain_ref is not None else ".")]
+    if any(r.get("refined") is not None for r in rows):
+        lines += ["", "\"+ client refiner\": the same run's decrypted label maps through the client's refiner "
+                  "(`encseg.models.refine`: a small CNN over the decrypted labels and pixel positions, trained on the "
+                  "model's own decrypted training labels, run by the client after decryption; the server's input and "
+                  "output, and so the privacy columns, are unchanged). \"x plain\" divides by plain SETR without a refiner."]
     return lines
 
 
@@ -225,6 +247,11 @@ def draw_frontier(rows: list[dict], plain: float | None, path: Path) -> None:
             ly -= 15  # lift a label that would overlap a neighbour's
         placed.append((x, ly))
         colour = {True: (40, 150, 60), False: (200, 60, 40), None: (120, 120, 120)}[r["passes"]]
+        if r.get("refined") is not None:  # the same run with the client's refiner: a ring above its dot
+            yr = Y(r["refined"])
+            dr.line([(x, y), (x, yr)], fill=colour, width=2)
+            dr.ellipse([x - 6, yr - 6, x + 6, yr + 6], outline=colour, width=3)
+            dr.text((x + 9, yr), f"+ refiner ({r['refined']:.1f})", fill=colour, font=small, anchor="lm")
         dr.ellipse([x - 6, y - 6, x + 6, y + 6], fill=colour, outline="black")
         if ly != y:
             dr.line([(x + 6, y), (x + 9, ly)], fill=(120, 120, 120))
@@ -234,7 +261,7 @@ def draw_frontier(rows: list[dict], plain: float | None, path: Path) -> None:
 
 
 def write_frontier_report(budget, records: list[dict], data_root: Path, path: Path, chart: Path, privacy_path: Path,
-                          wall: str, demo_line: list[str]) -> dict | None:  # fmt: skip
+                          wall: str, demo_line: list[str], command: str | None = None) -> dict | None:  # fmt: skip
     """docs/results.md for the frontier budget; returns the chosen default row (or None)."""
     from encseg.engine.experiment import augmentation_text, streets_meta
 
@@ -265,12 +292,14 @@ def write_frontier_report(budget, records: list[dict], data_root: Path, path: Pa
         "",
     ]
     path.parent.mkdir(parents=True, exist_ok=True)
-    L += frontier_table(rows, plain)
+    L += frontier_table(rows, plain, plain_refined(records))
     L += ["", f"![privacy-accuracy frontier]({chart.name})", ""]
     if default is not None and default["all_goals"]:
         L += [f"**Default scheme: `{default['scheme']}`**, the most accurate scheme that meets every privacy goal: "
               f"{default['miou']:.1f} mIoU with per-image keys, {default['ratio']:.2f}x plain SETR "
-              f"(goal >= 0.8x; stretch: within 1.0 mIoU)."]  # fmt: skip
+              + (f"(server alone); {default['refined']:.1f} mIoU, {default['refined_ratio']:.2f}x, with the client's "
+                 "refiner after decryption " if default.get("refined") is not None else "")
+              + "(goal >= 0.8x; stretch: within 1.0 mIoU)."]  # fmt: skip
     elif default is not None:
         failed = [k for k, v in (default.get("goals") or {}).items() if not v]
         L += [f"**No scheme meets every privacy goal.** The default is `{default['scheme']}`, the scheme that meets the "
@@ -283,24 +312,29 @@ def write_frontier_report(budget, records: list[dict], data_root: Path, path: Pa
     if plain_on:
         L += ["", "The plain SETR on per-image-key ciphertexts (no key-aware training): "
               + ", ".join(f"`{k}` {v:.1f}" for k, v in plain_on.items()) + "."]
-    L += ["", "## How these numbers were made", "", "```", f"encseg experiment --budget {budget.name} --privacy {privacy_path}"
-          + " --demo-out src/encseg/assets", "```", "",
-          f"Budget `{budget.name}`: each run trains from scratch on one CPU thread ({augmentation_text(d)}, batch "
+    command = command or f"encseg experiment --budget {budget.name} --privacy {privacy_path}"
+    L += ["", "## How these numbers were made", "", "```", command, "```", "",
+          f"Budget `{budget.name}`: each run trains from scratch on one CPU thread, or one GPU process where the machine "
+          f"line below names a GPU, with the same steps ({augmentation_text(d)}, batch "
           f"{cfg['run']['batch_size']}, {o['name']} lr {o['lr']}, poly, {o['warmup_steps']} warm-up steps, "
           f"{o.get('class_weights', 'none')} class weights), vit-tiny-6 encoder with patch 16, decoder width "
           f"{cfg['model']['channels']}; plain SETR-PUP trains {budget.steps} steps and every other run the steps that take "
           "about the same wall time (faster models get more: factor in the run table).", "", wall, "",
-          "| run | model | trained on | steps | train s | results (per-image keys unless plain) |", "|---|---|---|---:|---:|---|"]
+          "| run | model | trained on | steps | machine | train s | results (per-image keys unless plain) | + client refiner |",
+          "|---|---|---|---:|---|---:|---|---|"]
     for r in records:
         res = "; ".join(f"{x['scheme'] or 'plain'}: {x['miou']:.1f}" for x in r["results"])
+        ref = r.get("refined")
+        ref_text = (f"{ref['scheme'] or 'plain'}: {ref['miou_server']:.1f} -> {ref['miou']:.1f} ({ref['steps']} steps)"
+                    if isinstance(ref, dict) else "—")
         L.append(f"| {r['name']} | {r['model']} | {r['scheme'] or 'plain'} ({r['train']}) | {r['steps']} | "
-                 f"{r['train_seconds']:.0f} | {res} |")
+                 f"{r.get('machine') or '—'} | {r['train_seconds']:.0f} | {res} | {ref_text} |")
     L += demo_line
     L += ["", "The paper-style table of the previous experiment (`--budget cpu-small`: SETR plain, shared-key and "
           "per-image-key, without canonical blocks) is kept in [results-cpu-small.md](results-cpu-small.md).", ""]
     path.write_text("\n".join(L))
     draw_frontier(rows, plain, chart)
-    keep = ("name", "model", "train", "scheme", "steps", "train_seconds", "results", "config")
+    keep = ("name", "model", "train", "scheme", "steps", "train_seconds", "results", "refined", "machine", "config")
     (path.parent / "frontier.json").write_text(json.dumps({
         "plain": plain, "rows": rows, "default": default, "privacy": str(privacy_path), "wall": wall,
         "records": [{k: r.get(k) for k in keep} for r in records],  # what `--rescore` rebuilds this report from
