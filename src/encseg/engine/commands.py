@@ -140,6 +140,9 @@ def export_demo_cmd(
     plain: Optional[Path] = typer.Option(None, help="plain SETR trained at the same budget on the same data: its val "
                                          "mIoU on plain images is stored, for the demo's price-of-privacy line"),
     plain_command: str = typer.Option("", help="the command that reproduces --plain (stored in the JSON)"),
+    refiner: Optional[Path] = typer.Option(None, help="the client's refiner for this model (encseg train-refiner): "
+                                           "scored, then shipped beside it as refiner.safetensors"),
+    refiner_command: str = typer.Option("", help="the command that reproduces --refiner (stored in the JSON)"),
 ) -> None:
     """Store a trained per-image-key model as the demo model (fp16, no auxiliary heads), with its val mIoU.
 
@@ -171,11 +174,22 @@ def export_demo_cmd(
         ref = evaluate(plain_model, val, "cpu", "none", crop=crop_hw, stride=stride_hw, batch_size=8)
         more = {"plain_val_miou": round(ref.miou, 2), "plain_command": plain_command}
     result = evaluate(model, val, "cpu", "per-image", scheme, crop=crop_hw, stride=stride_hw, batch_size=8)
+    if refiner is not None:
+        from encseg.models.refine import load_refiner, save_refiner
+
+        ref, ref_extra = load_refiner(refiner)
+        refined = evaluate(model, val, "cpu", "per-image", scheme, crop=crop_hw, stride=stride_hw, batch_size=8, refiner=ref)
+        save_refiner(out / "refiner.safetensors", ref, ref_extra | {"val_miou_refined": round(refined.miou, 2),
+                                                                    "command": refiner_command})  # fmt: skip
+        more["refiner"] = {"file": "refiner.safetensors", "val_miou_refined": round(refined.miou, 2),
+                           "command": refiner_command}  # fmt: skip
     path = write_demo_asset(checkpoint, out, name=f"streets-{config.decoder}-{config.encoder}-per-image-{scheme.name}",
                             scheme=scheme.name, scene_size=size, val_miou=round(result.miou, 2), command=command,
                             data_root=data, crop=crop_hw, stride=stride_hw, **more)  # fmt: skip
     line = f"val mIoU with per-image keys {result.miou:.2f}"
-    if more:
+    if "refiner" in more:
+        line += f", with the client's refiner {more['refiner']['val_miou_refined']:.2f}"
+    if "plain_val_miou" in more:
         line += f", plain SETR at the same budget {more['plain_val_miou']:.2f} ({result.miou / more['plain_val_miou']:.2f}x)"
     typer.echo(f"wrote {path} ({line}, scenes {size[0]}x{size[1]})")
 

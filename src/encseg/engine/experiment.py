@@ -549,12 +549,20 @@ def demo_model_lines(demo_out: Path | None) -> list[str]:
     if isinstance(plain, (int, float)) and isinstance(extra.get("val_miou_per_image_keys"), (int, float)):
         lines[-1] += (f" Plain SETR trained on plain images at the same budget scores **{plain}** on plain validation "
                       f"images: {extra['val_miou_per_image_keys'] / plain:.2f}x, the price of privacy `encseg demo` prints.")
+    ref = extra.get("refiner")
+    if isinstance(ref, dict) and isinstance(ref.get("val_miou_refined"), (int, float)):
+        lines += ["", f"With the client's refiner after decryption (`{ref.get('file', 'refiner.safetensors')}`, shipped beside "
+                  f"it; `encseg.models.refine`): **{ref['val_miou_refined']}**"
+                  + (f", {ref['val_miou_refined'] / plain:.2f}x plain SETR." if isinstance(plain, (int, float)) else ".")]
     if extra.get("command"):
         lines += ["", "Reproduce it with:", "", "```", str(extra["command"])]
         if extra.get("plain_command"):
             lines += [str(extra["plain_command"]) + "   # the plain reference"]
+        if isinstance(ref, dict) and ref.get("command"):
+            lines += [str(ref["command"]) + "   # the client's refiner"]
         lines += ["encseg export-demo --checkpoint <its model.safetensors> --data data/streets-cpu-small --out "
-                  "src/encseg/assets --plain <the reference's model.safetensors>"] if extra.get("plain_command") else []
+                  "src/encseg/assets --plain <the reference's model.safetensors>"
+                  + (" --refiner <the refiner's refiner.safetensors>" if isinstance(ref, dict) else "")] if extra.get("plain_command") else []
         lines += ["```"]
     return lines
 

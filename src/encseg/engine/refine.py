@@ -111,7 +111,7 @@ def fit_refiner(preds: np.ndarray, truth: np.ndarray, num_classes: int, minutes:
     weight = (weight / weight.mean()).to(device)  # inverse-sqrt class weights, as the training runs use
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    refiner = ClientRefiner(RefinerConfig(num_classes=c, width=width)).to(device)
+    refiner = ClientRefiner(RefinerConfig(num_classes=c, width=width, grid_rows=max(1, preds.shape[1] // 4))).to(device)
     opt = torch.optim.AdamW(refiner.parameters(), lr=lr, weight_decay=1e-4)
     bar = None
     if progress:
@@ -132,7 +132,8 @@ def fit_refiner(preds: np.ndarray, truth: np.ndarray, num_classes: int, minutes:
         loss.backward()
         opt.step()
         step += 1
-        loss_ema = float(loss) if loss_ema is None else 0.98 * loss_ema + 0.02 * float(loss)
+        value = float(loss.detach())
+        loss_ema = value if loss_ema is None else 0.98 * loss_ema + 0.02 * value
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{loss_ema:.3f}")

@@ -9,7 +9,8 @@ smoothing across blocks that the server's model could not learn. It runs after d
 client, sees nothing but the label map the client already holds, and sends nothing anywhere: what
 the server receives and returns, and so every privacy figure, is unchanged.
 
-The context path works at 1/`scale` resolution (class fractions per cell, dilated 3x3 convolutions),
+The context path works on a coarse grid (class fractions per cell, dilated 3x3 convolutions): 1/`scale`
+of the training size, kept at the same number of rows for larger or smaller images (`grid_rows`),
 and a 1x1 convolution fuses it with the full-resolution labels: about 4k multiply-adds per pixel at
 the defaults. Saved like a model checkpoint: safetensors + a JSON sidecar, written atomically.
 """
@@ -38,12 +39,14 @@ FORMAT = "encseg-refiner/1"
 class RefinerConfig:
     num_classes: int = 19
     width: int = 32
-    scale: int = 4  # the context path works at 1/scale resolution
+    scale: int = 4  # the context path works at 1/scale resolution ...
     dilations: tuple[int, ...] = (1, 2, 4, 8)
+    grid_rows: int = 0  # ... or, when set, on a grid of this many rows at any image size (the training size / scale)
 
     def __post_init__(self) -> None:
         ok = (1 <= self.num_classes <= 1024 and 1 <= self.width <= 1024 and 1 <= self.scale <= 64
-              and 1 <= len(self.dilations) <= 16 and all(1 <= d <= 64 for d in self.dilations))  # fmt: skip
+              and 1 <= len(self.dilations) <= 16 and all(1 <= d <= 64 for d in self.dilations)
+              and 0 <= self.grid_rows <= 4096)  # fmt: skip
         if not ok:
             raise UserError(f"refiner config out of range: {asdict(self)}"[:300])
 
@@ -58,7 +61,7 @@ class RefinerConfig:
             known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
             if "dilations" in known:
                 known["dilations"] = tuple(int(v) for v in known["dilations"])
-            for k in ("num_classes", "width", "scale"):
+            for k in ("num_classes", "width", "scale", "grid_rows"):
                 if k in known:
                     known[k] = int(known[k])
             return cls(**known)
@@ -92,7 +95,11 @@ class ClientRefiner(nn.Module):
         b, h, w = labels.shape
         labels = labels.long()
         onehot = F.one_hot(labels.clamp(0, c), c + 1)[..., :c].permute(0, 3, 1, 2).float()  # unknown: all zero
-        lh, lw = max(1, h // s), max(1, w // s)
+        if self.config.grid_rows:  # the same grid at every image size: a position means the same everywhere
+            lh = self.config.grid_rows
+            lw = max(1, round(lh * w / h))
+        else:
+            lh, lw = max(1, h // s), max(1, w // s)
         low = F.adaptive_avg_pool2d(onehot, (lh, lw))
         ctx = self.context(torch.cat([low, _coords(b, lh, lw, labels.device)], dim=1))
         ctx = F.interpolate(ctx, size=(h, w), mode="bilinear", align_corners=False)

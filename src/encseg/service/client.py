@@ -46,6 +46,7 @@ class SegmentResult:
     encrypted: EncryptedImage  # what the server saw
     key: Key
     encrypted_labels: np.ndarray  # uint8 labels in encrypted geometry (the server's answer, its arrangement undone)
+    server_mask: np.ndarray | None = None  # with a refiner: the decrypted server answer before it (mask is after)
 
     def __repr__(self) -> str:
         return f"SegmentResult(mask={self.mask.shape}, encrypted={self.encrypted!r}, key=<secret>)"
@@ -82,15 +83,20 @@ def colour_overlay(img: np.ndarray, mask: np.ndarray, palette: list | np.ndarray
     return np.where(known, mixed, img).round().clip(0, 255).astype(np.uint8)
 
 
-def segment_image(img: np.ndarray, backend: Backend, scheme: Scheme, palette, key: Key | None = None) -> SegmentResult:
-    """Encrypt `img` under a fresh key (or the given one), segment it remotely, decrypt the label map."""
+def segment_image(img: np.ndarray, backend: Backend, scheme: Scheme, palette, key: Key | None = None,
+                  refiner=None) -> SegmentResult:  # fmt: skip
+    """Encrypt `img` under a fresh key (or the given one), segment it remotely, decrypt the label map;
+    with `refiner` (encseg.models.refine), refine the decrypted map here on the client."""
     key = key or Key.generate()
     enc = encrypt(img, key, scheme)
     labels = backend.segment(enc)
     if labels.shape != enc.data.shape[:2]:
         raise UserError(f"the backend answered a {labels.shape} label map for a {enc.data.shape[:2]} image")
     mask = np.ascontiguousarray(decrypt_mask(labels, key, scheme, enc.original_size))
-    return SegmentResult(mask, colour_overlay(img, mask, palette), enc, key, labels)
+    server_mask = None
+    if refiner is not None:
+        server_mask, mask = mask, refiner.refine(mask)
+    return SegmentResult(mask, colour_overlay(img, mask, palette), enc, key, labels, server_mask)
 
 
 class HttpBackend:

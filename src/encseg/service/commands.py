@@ -134,6 +134,8 @@ def segment(
                                     "scheme: each block's pixels sorted, format v3, when the server accepts it), "
                                     "none or sorted"),
     retries: int = typer.Option(4, help="retries on connection errors (exponential backoff)"),
+    refiner: Optional[Path] = typer.Option(None, help="the client's refiner (refiner.safetensors, e.g. the one shipped "
+                                           "beside the demo model): run here on each decrypted label map"),
 ) -> None:
     """Segment images privately: fresh key per image, encrypt, send, decrypt the label map, drop the key."""
     from tqdm import tqdm
@@ -149,6 +151,11 @@ def segment(
     if quality is not None and fmt != "jpeg":
         raise UserError("--quality applies to --format jpeg only (PNG is lossless)")
     quality = DEFAULT_QUALITY if quality is None else quality
+    ref = None
+    if refiner is not None:  # before any network or model work: a wrong path fails at once
+        from encseg.models.refine import load_refiner
+
+        ref = load_refiner(refiner)[0]
     if local is not None:
         from encseg.service.segmenter import Segmenter
 
@@ -179,7 +186,7 @@ def segment(
         for path, stem in bar:
             try:
                 img = read_image(path)
-                res = segment_image(img, backend, s, palette)
+                res = segment_image(img, backend, s, palette, refiner=ref)
             except UserError as exc:
                 failed += 1
                 tqdm.write(f"error: {path}: {exc}", file=sys.stderr)
