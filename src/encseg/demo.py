@@ -21,20 +21,6 @@ from encseg.errors import UserError
 DEMO_CHECKPOINT = Path(__file__).parent / "assets" / "demo.safetensors"
 
 
-def shipped_refiner(checkpoint: Path):
-    """The client's refiner that the checkpoint's JSON names (`extra.refiner.file`, beside it), or None."""
-    from encseg.models.refine import load_refiner
-
-    try:
-        extra = json.loads(Path(checkpoint).with_suffix(".json").read_text()).get("extra") or {}
-    except (OSError, ValueError):
-        return None
-    name = (extra.get("refiner") or {}).get("file") if isinstance(extra.get("refiner"), dict) else None
-    if not isinstance(name, str) or Path(name).name != name:  # a bare file name beside the model, nothing else
-        return None
-    return load_refiner(Path(checkpoint).parent / name)[0]
-
-
 def run_demo(out: Path, checkpoint: Path = DEMO_CHECKPOINT, scene: int = 0, size: tuple[int, int] | None = None,
              scheme_text: str | None = None, refine: bool = True) -> dict:
     """Run the round trip and write the pictures; returns the summary it also writes as JSON."""
@@ -60,7 +46,9 @@ def run_demo(out: Path, checkpoint: Path = DEMO_CHECKPOINT, scene: int = 0, size
     img, truth = render_scene(scene_seed(0, "test", scene), size)
 
     # client: fresh key, encrypt; server: sees only the encrypted image; client: undo the geometry
-    refiner = shipped_refiner(checkpoint) if refine else None
+    from encseg.models.refine import refiner_beside
+
+    refiner = refiner_beside(checkpoint) if refine else None
     result = segment_image(img, LocalBackend(segmenter), scheme, info.palette, refiner=refiner)
     enc, labels_enc, labels, overlay = result.encrypted, result.encrypted_labels, result.mask, result.overlay
     server_labels = result.server_mask

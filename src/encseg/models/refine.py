@@ -149,3 +149,24 @@ def load_refiner(path: str | Path, device: str | torch.device = "cpu") -> tuple[
     except Exception as exc:  # a corrupt or foreign file: say which, in one line
         raise UserError(f"{path}: cannot read the refiner ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})") from None
     return refiner.to(device).eval(), meta.get("extra") or {}
+
+
+def refiner_path_beside(checkpoint: str | Path) -> Path | None:
+    """The refiner file a model checkpoint's JSON names (`extra.refiner.file`: a bare file name in the
+    checkpoint's folder, nothing else), if that file exists; else None."""
+    try:
+        extra = json.loads(Path(checkpoint).with_suffix(".json").read_text()).get("extra") or {}
+    except (OSError, ValueError, AttributeError):
+        return None
+    ref = extra.get("refiner") if isinstance(extra, dict) else None
+    name = ref.get("file") if isinstance(ref, dict) else None
+    if not isinstance(name, str) or not name or Path(name).name != name or name in (".", ".."):
+        return None
+    path = Path(checkpoint).parent / name
+    return path if path.is_file() else None
+
+
+def refiner_beside(checkpoint: str | Path) -> ClientRefiner | None:
+    """The refiner shipped beside a model checkpoint (see `refiner_path_beside`), loaded, or None."""
+    path = refiner_path_beside(checkpoint)
+    return None if path is None else load_refiner(path)[0]
