@@ -390,7 +390,7 @@ def _frontier_report(budget: Budget, records: list[dict], data_root: Path, resul
             schemes=_scheme_descriptors(rec, default["scheme"]),
             data={"generator_seed": budget.data_seed, "train": budget.n_train, "val": budget.n_val},
         )  # fmt: skip
-    lines = demo_model_lines(demo_out) if demo_out is not None and default is not None else []
+    lines = demo_model_lines(demo_out)  # the model `encseg demo` uses: just exported, or the shipped one
     write_frontier_report(budget, records, data_root, results_md, chart, privacy, wall, lines, command)
 
 

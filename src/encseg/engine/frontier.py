@@ -8,7 +8,10 @@ the default scheme is the most accurate one that meets the privacy goals.
 
 Every run of a budget gets about the same wall time on one CPU thread: `steps_factor` scales the
 steps by how much faster a model trains per step than plain SETR-PUP (measured without contention,
-docs/training.md; the default scheme's model in training beside plain SETR, docs/benchmarks.md). All figures are on the procedural street benchmark, not Cityscapes.
+docs/training.md; the default scheme's model in training beside plain SETR, docs/benchmarks.md). With the
+budget's `refine_steps`, each run (and plain SETR, the reference) also gets the client's refiner
+(encseg.models.refine), scored in a column of its own: it runs after decryption on the client, so it
+changes no privacy figure. All figures are on the procedural street benchmark, not Cityscapes.
 """
 
 from __future__ import annotations
