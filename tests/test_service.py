@@ -567,3 +567,63 @@ def test_checkpoint_metadata_names_the_schemes_the_model_was_trained_for(extra, 
 
     schemes = schemes_from_extra(extra, 16)
     assert [s.name for s in schemes] == names and all(s.block_size == 16 for s in schemes)
+
+
+# -- the client's refiner, for the browser page ---------------------------------------------------------
+
+def _refiner_beside(folder: Path, num_classes: int = NUM_CLASSES, **config):
+    """A checkpoint's JSON naming a refiner beside it (the model file itself is not read here)."""
+    from encseg.models.refine import ClientRefiner, RefinerConfig, save_refiner
+
+    torch.manual_seed(0)
+    refiner = ClientRefiner(RefinerConfig(num_classes=num_classes, **config))
+    save_refiner(folder / "refiner.safetensors", refiner, {"val_miou_refined": 40.0, "val_miou_server": 30.0})
+    (folder / "m.json").write_text(json.dumps({"extra": {"refiner": {"file": "refiner.safetensors", "val_miou_refined": 45.8}}}))
+    return folder / "m.safetensors", refiner
+
+
+def test_refiner_endpoint_serves_the_weights_shipped_beside_the_model_and_info_names_it(tmp_path):
+    from encseg.service.segmenter import PageRefiner
+
+    ckpt, refiner = _refiner_beside(tmp_path, width=8, dilations=(1, 2), grid_rows=8)
+    seg = stand_in_segmenter()
+    seg.refiner = PageRefiner.beside(ckpt, NUM_CLASSES)
+    with TestClient(create_app(seg), raise_server_exceptions=False) as c:
+        info = c.get("/v1/info").json()["refiner"]
+        assert info["val_miou_refined"] == 45.8 and info["val_miou_server"] == 30.0  # the checkpoint's figure first
+        assert info["config"] == refiner.config.to_dict()
+        r = c.get("/v1/refiner")
+        assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+        body = r.json()
+        assert body["format"] == "encseg-refiner/1" and body["config"] == info["config"] and body["dtype"] == "float32-le"
+        state = refiner.state_dict()
+        assert sorted(body["tensors"]) == sorted(state)
+        for name, t in state.items():
+            got = np.frombuffer(base64.b64decode(body["tensors"][name]["data"]), "<f4")
+            assert body["tensors"][name]["shape"] == list(t.shape)
+            assert np.array_equal(got, t.numpy().ravel())
+        assert sum(t.numel() for t in state.values()) == info["parameters"]
+        spec = c.get("/openapi.json").json()
+        assert "/v1/refiner" in spec["paths"] and "404" in spec["paths"]["/v1/refiner"]["get"]["responses"]
+        assert "RefinerWeights" in spec["components"]["schemas"] and "refiner" in spec["components"]["schemas"]["Info"]["properties"]
+
+
+def test_refiner_endpoint_is_a_one_line_404_without_a_refiner(client, tmp_path):
+    from encseg.service.segmenter import PageRefiner
+
+    assert client.get("/v1/info").json()["refiner"] is None
+    r = client.get("/v1/refiner")
+    assert r.status_code == 404 and r.json() == {"detail": "this model ships no client refiner"}
+    (tmp_path / "m.json").write_text(json.dumps({"extra": {"refiner": {"file": "gone.safetensors"}}}))
+    assert PageRefiner.beside(tmp_path / "m.safetensors", NUM_CLASSES) is None  # named but absent: no refiner
+
+
+def test_a_refiner_for_other_classes_or_a_broken_file_is_a_one_line_error_at_start(tmp_path):
+    from encseg.service.segmenter import PageRefiner
+
+    ckpt, _ = _refiner_beside(tmp_path, num_classes=5, width=4, dilations=(1,))
+    with pytest.raises(UserError, match="for 5 classes, the model has 19"):
+        PageRefiner.beside(ckpt, NUM_CLASSES)
+    (tmp_path / "refiner.safetensors").write_bytes(b"not a refiner")
+    with pytest.raises(UserError, match="cannot read the refiner"):
+        PageRefiner.beside(ckpt, 5)

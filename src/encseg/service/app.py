@@ -1,5 +1,5 @@
 """The FastAPI app: POST /v1/segment (encrypted PNG or JPEG in, label map in encrypted geometry out),
-GET /v1/info, GET /healthz, the browser client at /, OpenAPI at /docs. It never receives a key.
+GET /v1/info, GET /v1/refiner (the client's refiner's public weights, when one ships beside the model), GET /healthz, the browser client at /, OpenAPI at /docs. It never receives a key.
 
 Every bad request is a 4xx with a JSON `{"detail": ...}` (503 + Retry-After when the service is
 full); the access log is one JSON line per request with sizes and timings, never pixels, and no
@@ -91,6 +91,13 @@ class ModelDescription(BaseModel):
     trained_on: dict[str, Any] = {}  # benchmark, val_miou_per_image_keys, ... as the checkpoint records them
 
 
+class RefinerDescription(BaseModel):
+    config: dict[str, Any] = Field(description="the refiner's RefinerConfig (num_classes, width, scale, dilations, grid_rows)")
+    val_miou_refined: float | None = Field(description="validation mIoU after the refiner, on the benchmark the model reports")
+    val_miou_server: float | None = Field(None, description="the same validation set from the server's labels alone")
+    parameters: int
+
+
 class Info(BaseModel):
     service: str
     format_version: int = Field(description="version of an encrypted file's metadata object (encryption-format "
@@ -113,6 +120,21 @@ class Info(BaseModel):
     batching: dict[str, Any]
     queue: dict[str, Any]
     timeouts: dict[str, float]
+    refiner: RefinerDescription | None = Field(None, description="the client's refiner shipped beside the model (its "
+                                               "weights at GET /v1/refiner; it runs on the client, after decryption), or null")
+
+
+class RefinerTensor(BaseModel):
+    shape: list[int]
+    data: str = Field(description="base64 of little-endian float32, row-major")
+
+
+class RefinerWeights(BaseModel):
+    format: str = Field(description="encseg-refiner/1")
+    config: dict[str, Any]
+    dtype: str = Field(description="float32-le")
+    tensors: dict[str, RefinerTensor] = Field(description="ClientRefiner's state_dict: label_gain, context.N.weight/bias, "
+                                                          "fuse.weight/bias")
 
 
 class TopK(BaseModel):
@@ -205,6 +227,7 @@ def _segment_body(limits: Limits) -> dict:
 def _errors(*codes: int) -> dict[int, dict]:
     what = {
         400: "malformed request or image, or a request that carries a key or key-like value",
+        404: "not here: this model ships no client refiner",
         408: "the request body did not arrive in time",
         413: "body, image (pixels or side) or a chunk over the limit",
         431: "the request headers are over 16 KiB",
@@ -626,6 +649,7 @@ def create_app(segmenter: Segmenter, config: ServiceConfig = ServiceConfig()) ->
 
     app.state.batcher = batcher
     app.state.segmenter = segmenter
+    refiner = getattr(segmenter, "refiner", None)  # PageRefiner: checked and encoded once, at start-up
 
     def _log_error(request: Request, message: str) -> None:
         request.scope.setdefault("state", {}).setdefault("log", {})["error"] = clean_text(message, 200)
@@ -691,7 +715,18 @@ def create_app(segmenter: Segmenter, config: ServiceConfig = ServiceConfig()) ->
                    "timed_out": batcher.stats.timed_out},
             timeouts={"header_s": config.header_timeout_s, "body_s": config.body_timeout_s,
                       "idle_s": config.idle_timeout_s, "keepalive_s": config.keepalive_s},
+            refiner=None if refiner is None else RefinerDescription(**refiner.summary),
         )
+
+    @app.get("/v1/refiner", tags=["service"], response_model=RefinerWeights,
+             responses={200: {"description": "the refiner's config and weights"}, **_errors(400, 404, 431)})
+    async def get_refiner() -> Response:
+        """The client's refiner shipped beside the model (encseg.models.refine.ClientRefiner): its config
+        and weights, for a client that refines the decrypted label map itself (the browser page does).
+        Public, like the model; it says nothing about any client."""
+        if refiner is None:
+            raise Refused(404, "this model ships no client refiner")
+        return Response(refiner.body, media_type="application/json")
 
     @app.post(
         "/v1/segment",

@@ -1,8 +1,12 @@
 """A model ready to serve: eval mode, input normalisation, argmax and top-k, and what the service
-tells clients about it (classes, palette, block size, the schemes it was trained for)."""
+tells clients about it (classes, palette, block size, the schemes it was trained for, and the client's
+refiner shipped beside the checkpoint, whose public weights the browser page runs after decryption)."""
 
 from __future__ import annotations
 
+import base64
+import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -86,6 +90,7 @@ class Segmenter:
         self.stride = stride  # sliding-window stride (None: the crop)
         self.scene_size: tuple[int, int] | None = None  # (H, W) of the scenes it was trained on, if recorded
         self.generator_version: int | None = None  # of the street scenes it was trained on, if recorded
+        self.refiner: PageRefiner | None = None  # the client's refiner shipped beside the checkpoint, if any
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "cpu", crop: int | None = None) -> "Segmenter":
@@ -127,6 +132,7 @@ class Segmenter:
             raise UserError(f"checkpoint {path}: its extra metadata (classes, palette, schemes, inference) is malformed") from None
         segmenter = cls(model, info, device, crop, stride)
         segmenter.scene_size, segmenter.generator_version = scene_size, generator
+        segmenter.refiner = PageRefiner.beside(path, info.num_classes)
         return segmenter
 
     @torch.inference_mode()
@@ -147,6 +153,69 @@ class Segmenter:
             for i, p in enumerate(out):
                 p.topk_classes, p.topk_probs = idx[i], probs[i]
         return out
+
+
+# A refiner's weights travel to the browser page as JSON: a 24-class, width-128 refiner is about 2 MB.
+MAX_REFINER_FLOATS = 4 * 2**20
+
+
+@dataclass(frozen=True)
+class PageRefiner:
+    """The client's refiner (encseg.models.refine) as GET /v1/refiner serves it: `summary` for
+    /v1/info, `body` the JSON document (config + each tensor as shape and base64 of little-endian
+    float32), built and checked once at start-up. Public weights, like the model's: nothing in it
+    depends on a client, and it never meets a key."""
+
+    summary: dict
+    body: bytes
+
+    @classmethod
+    def beside(cls, checkpoint: str | Path, num_classes: int) -> "PageRefiner | None":
+        """The refiner a checkpoint's JSON names (`extra.refiner.file`), or None; a refiner that does
+        not load, or is for another number of classes, is a one-line UserError at start-up."""
+        from encseg.models.refine import refiner_path_beside
+
+        path = refiner_path_beside(checkpoint)
+        if path is None:
+            return None
+        try:
+            named = json.loads(Path(checkpoint).with_suffix(".json").read_text()).get("extra", {}).get("refiner", {})
+        except (OSError, ValueError, AttributeError):
+            named = {}
+        return cls.from_file(path, num_classes, named if isinstance(named, dict) else {})
+
+    @classmethod
+    def from_file(cls, path: str | Path, num_classes: int, named: dict | None = None) -> "PageRefiner":
+        from encseg.models.refine import FORMAT, load_refiner
+
+        refiner, extra = load_refiner(path)
+        config = refiner.config
+        if config.num_classes != num_classes:
+            raise UserError(f"the refiner {Path(path).name} is for {config.num_classes} classes, the model has {num_classes}")
+        state = refiner.state_dict()
+        total = sum(t.numel() for t in state.values())
+        if total > MAX_REFINER_FLOATS:
+            raise UserError(f"the refiner {Path(path).name} has {total} weights, over the page's limit of {MAX_REFINER_FLOATS}")
+        tensors = {}
+        for name, t in state.items():
+            data = t.detach().to("cpu", torch.float32).contiguous().numpy().astype("<f4").tobytes()
+            shape = [int(v) for v in t.shape]
+            if len(data) != 4 * math.prod(shape) or not np.isfinite(t.detach().float().numpy()).all():
+                raise UserError(f"the refiner {Path(path).name}: tensor {name} is malformed")
+            tensors[name] = {"shape": shape, "data": base64.b64encode(data).decode("ascii")}
+
+        def score(key: str) -> float | None:
+            for source in (named or {}, extra):
+                v = source.get(key)
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+                    return float(v)
+            return None
+
+        summary = {"config": config.to_dict(), "val_miou_refined": score("val_miou_refined"),
+                   "val_miou_server": score("val_miou_server"), "parameters": int(total)}
+        body = json.dumps({"format": FORMAT, "config": config.to_dict(), "dtype": "float32-le", "tensors": tensors},
+                          separators=(",", ":")).encode()
+        return cls(summary, body)
 
 
 # What a checkpoint's extra metadata may say about its training data and score (the demo model writes
