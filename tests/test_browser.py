@@ -179,6 +179,36 @@ def demo_server():
         yield srv
 
 
+def _refiner_checkpoint(folder: Path, seed: int = 0, gain: float = 0.0, **config) -> Path:
+    """A checkpoint's JSON naming a client refiner beside it (random weights, no extra vote for the label, so that
+    it changes many labels); the model file itself is not read: the stand-in model serves."""
+    from encseg.models.refine import ClientRefiner, RefinerConfig, save_refiner
+
+    torch.manual_seed(seed)
+    refiner = ClientRefiner(RefinerConfig(**config))
+    with torch.no_grad():
+        refiner.label_gain.fill_(gain)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_refiner(folder / "refiner.safetensors", refiner)
+    (folder / "m.json").write_text(json.dumps({"extra": {"refiner": {"file": "refiner.safetensors", "val_miou_refined": 45.8}}}))
+    return folder / "m.safetensors"
+
+
+@pytest.fixture(scope="module")
+def refiner_server(tmp_path_factory):
+    """The stand-in model with a client refiner shipped beside its checkpoint (/v1/refiner serves it)."""
+    from encseg.service.segmenter import PageRefiner
+
+    torch.set_num_threads(1)
+    seg = stand_in_segmenter(schemes=("bs-ps-np-cs",))
+    seg.info.trained_on = {"benchmark": "encseg procedural streets (not Cityscapes)", "val_miou_per_image_keys": 34.0}
+    seg.refiner = PageRefiner.beside(_refiner_checkpoint(tmp_path_factory.mktemp("refiner"), width=8, grid_rows=8,
+                                                         dilations=(1, 2)), seg.info.num_classes)
+    assert seg.refiner is not None
+    with serve(seg) as srv:
+        yield srv
+
+
 @pytest.fixture(scope="module")
 def tight_server():
     """Small limits, so images over them are cheap to make: 256 px a side, 64 Ki pixels, 120 kB bodies."""
@@ -222,7 +252,7 @@ def corpus(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def page(node_runner, server, demo_server, tight_server, slow_server, corpus, tmp_path_factory):
+def page(node_runner, server, demo_server, tight_server, slow_server, refiner_server, corpus, tmp_path_factory):
     """Every page scenario of run.mjs in one chromium: {scenario: result}."""
     if not Path(CHROMIUM).exists():
         pytest.skip(f"Debian's chromium is not installed at {CHROMIUM}")
@@ -243,6 +273,7 @@ def page(node_runner, server, demo_server, tight_server, slow_server, corpus, tm
         # format v3: the demo model is order-free inside its blocks, so the page's JPEG travels sorted
         "jpeg-sorted": {"scenario": "jpeg", "url": demo_server.url, "image": str(folder / "scene.png")},
         "sort-refused": {"url": demo_server.url, "image": str(folder / "small.png")},
+        "refiner": {"url": refiner_server.url, "image": str(folder / "street.png")},
     }
     only = os.environ.get("ENCSEG_BROWSER_ONLY")  # e.g. "e2e,csp" while working on one scenario
     if only:
@@ -768,3 +799,97 @@ def test_page_sends_unarranged_when_the_server_refuses_the_sorted_image(page):
     assert json.loads(second)["version"] == 1 and "arrangement" not in json.loads(second)
     assert out["result"]["arrangement"] == "none" and out["result"]["sent"] == out["result"]["encrypted"]
     assert "went in the cipher's order" in out["status"] and "format v3" not in out["status"]
+
+
+# -- the client's refiner in the page -----------------------------------------------------------------
+
+def _label_maps(rng) -> list[np.ndarray]:
+    """Blocky scenes with 10% noise and 2% unknown pixels (255), at sizes that are and are not multiples of 4."""
+    maps = []
+    for h, w in [(128, 256), (70, 100), (37, 53), (1, 1), (5, 300), (301, 7), (1024, 2048)]:
+        m = np.kron(rng.integers(0, 19, (h // 8 + 1, w // 8 + 1)), np.ones((8, 8), np.int64))[:h, :w].astype(np.uint8)
+        noise = rng.random((h, w)) < 0.1
+        m[noise] = rng.integers(0, 19, int(noise.sum()))
+        m[rng.random((h, w)) < 0.02] = 255
+        maps.append(m)
+    return maps
+
+
+@needs_browser
+def test_page_refiner_reproduces_the_python_refiner_exactly(node_runner, refiner_server, tmp_path):
+    """The page's refine.js against ClientRefiner.refine: the shipped demo refiner (a 32-row grid) and a random
+    one on the 1/scale grid, on maps of several sizes with out-of-range labels. The JS sums in float64 (and
+    applies the fuse before the upsampling) where PyTorch sums in float32 in its own order, so an argmax can
+    differ only where two logits tie to float32 precision (about 1e-7): every map under 250k pixels must be
+    equal, and the 1024x2048 one at most a handful of pixels (measured: 0 with the shipped refiner, 1 with
+    the random one, whose logits lack the label's own vote and so come closer to ties)."""
+    from encseg.models.refine import load_refiner
+    from encseg.service.segmenter import PageRefiner
+
+    shipped = ROOT / "src" / "encseg" / "assets" / "refiner.safetensors"
+    grid0 = _refiner_checkpoint(tmp_path / "grid0", seed=3, width=8, scale=4, dilations=(1, 3)).parent / "refiner.safetensors"
+    rng = np.random.default_rng(0)
+    cases, expected = [], []
+    for name, path in [("shipped", shipped), ("grid0", grid0)]:
+        if not path.is_file():
+            continue
+        refiner = load_refiner(path)[0]
+        document = json.loads(PageRefiner.from_file(path, 19).body)
+        for i, labels in enumerate(_label_maps(rng)):
+            case = {"refiner": name, "num_classes": 19, "height": labels.shape[0], "width": labels.shape[1],
+                    "labels": labels.tobytes().hex()}
+            if i == 0:
+                case["document"] = document
+            cases.append(case)
+            expected.append(refiner.refine(labels))
+    assert len(cases) >= 7
+    (tmp_path / "cases.json").write_text(json.dumps(cases))
+    report = node_runner("refine", refiner_server.url, tmp_path / "cases.json")["cases"]
+    for case, want, got in zip(cases, expected, report):
+        page = np.frombuffer(bytes.fromhex(got["refined"]), np.uint8).reshape(want.shape)
+        labels = np.frombuffer(bytes.fromhex(case["labels"]), np.uint8).reshape(want.shape)
+        where = f"{case['refiner']} {want.shape}"
+        assert int((page != want).sum()) <= want.size // 250_000, f"{where}: {int((page != want).sum())} pixels differ"
+        if want.size > 100:
+            assert (want != labels).mean() > 0.05, where  # the refiner really changes labels here: the test has teeth
+    big = [r["ms"] for c, r in zip(cases, report) if c["height"] == 1024]
+    assert big and max(big) < 10_000, big  # 1024x2048 in well under a second on a free core (measured: about 0.35 s)
+
+
+@needs_browser
+def test_page_runs_the_refiner_on_the_decrypted_labels_and_the_box_shows_the_servers(page, refiner_server):
+    import base64
+
+    import httpx
+
+    from encseg.models.refine import ClientRefiner, RefinerConfig
+
+    out = result(page, "refiner")
+    assert out["boxShown"] and out["boxChecked"]  # offered, and on by default
+    on, off, back = out["on"], out["off"], out["back"]
+    assert on["state"] == "done", on["status"]
+    res = on["result"]
+    h, w = res["height"], res["width"]
+    mask = np.frombuffer(bytes.fromhex(res["mask"]), np.uint8).reshape(h, w)
+    refined = np.frombuffer(bytes.fromhex(res["refined"]), np.uint8).reshape(h, w)
+    # the refiner the server serves, run in Python on the page's decrypted mask, gives the page's refined labels
+    info = httpx.get(refiner_server.url + "/v1/info").json()
+    assert info["refiner"]["val_miou_refined"] == 45.8
+    doc = httpx.get(refiner_server.url + "/v1/refiner").json()
+    ref = ClientRefiner(RefinerConfig.from_dict(doc["config"]))
+    ref.load_state_dict({k: torch.from_numpy(np.frombuffer(base64.b64decode(t["data"]), "<f4").copy()).reshape(t["shape"])
+                         for k, t in doc["tensors"].items()})
+    assert np.array_equal(refined, ref.refine(mask))
+    assert (refined != mask).mean() > 0.05
+    assert res["onScreen"] == res["refined"] and on["caption"] == "Segmentation, decrypted and refined here"
+    assert "% of labels changed" in on["refineStage"] and "refined the decrypted labels" in on["status"]
+    assert "45.8%" in on["model"] and "not on Cityscapes" in on["model"] and "procedural streets" in on["model"]
+    # unticked: the server's labels, decrypted, everywhere (panel, result, downloads); ticked again: refined
+    assert off["result"]["onScreen"] == res["mask"] and off["caption"] == "Segmentation, decrypted here"
+    assert off["pixels"] != on["pixels"] and back["pixels"] == on["pixels"] and back["result"]["onScreen"] == res["refined"]
+    assert off["download"]["name"] == "street_mask.png" and (off["download"]["width"], off["download"]["height"]) == (w, h)
+    # the weights came once, from the page's origin; the segment request is the only upload
+    gets = [r for r in out["requests"] if r["url"].endswith("/v1/refiner")]
+    assert len(gets) == 1 and gets[0]["method"] == "GET"
+    assert all(r["url"].startswith(refiner_server.url) for r in out["requests"])
+    assert not [c for c in out["console"] if c.startswith(("error", "pageerror"))], out["console"]

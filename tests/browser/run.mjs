@@ -2,6 +2,7 @@
 //   node run.mjs vectors URL VECTOR_DIR        -> JSON report of every vector, checked in the page
 //   node run.mjs arranged URL DIR...           -> the same for the format-v3 arrangement vectors (section 13)
 //   node run.mjs scenarios SPEC.json           -> JSON {name: result} of the page scenarios in SPEC
+//   node run.mjs refine URL CASES.json         -> JSON {cases: [{labels hex in, refined hex out, ms}]} of the page's refiner
 //   node run.mjs docs URL                      -> JSON {ops, external} of the Swagger UI at /docs
 //   node run.mjs bench URL [REPEATS] [SCHEMES] -> JSON timings of the page's cipher on 1024x2048
 // The page is loaded from a test server (http://127.0.0.1 is a secure context, so WebCrypto works).
@@ -172,6 +173,31 @@ async function accessibility(page) {
 // -- the scenarios -----------------------------------------------------------------------------------
 
 const scenarios = {
+  /** A server whose model ships a client refiner: the page refines the decrypted labels; the box toggles back. */
+  async refiner({ url, image }) {
+    const { page, log, context } = await openPage(url);
+    const out = { boxShown: await page.isVisible("#refine"), boxChecked: await page.isChecked("#refine") };
+    await page.setInputFiles("#file", image);
+    await waitState(page, ["done", "error"]);
+    const caption = () => page.textContent("#overlay-caption");
+    const pixels = () => page.evaluate(() => {
+      const c = document.getElementById("overlay");
+      return Array.from(c.getContext("2d").getImageData(0, 0, c.width, c.height).data.filter((_, i) => i % 4 !== 3)).join(",");
+    });
+    out.on = { ...(await snapshot(page)), caption: await caption(), pixels: await pixels(),
+      refineStage: await page.textContent('#stages [data-stage="refine"]') };
+    await page.uncheck("#refine");
+    await page.waitForFunction(() => document.getElementById("overlay-caption").textContent === "Segmentation, decrypted here");
+    await page.waitForTimeout(300); // the downloads follow asynchronously
+    out.off = { ...(await snapshot(page)), caption: await caption(), pixels: await pixels(), download: await downloadInfo(page, "download-mask") };
+    await page.check("#refine");
+    out.back = { ...(await snapshot(page)), caption: await caption(), pixels: await pixels() };
+    out.requests = log.requests.map((r) => ({ url: r.url, method: r.method }));
+    out.console = log.console;
+    await context.close();
+    return out;
+  },
+
   /** A street scene end to end, with screenshots at desktop and phone widths and the a11y checks. */
   async e2e({ url, image, artefacts }) {
     const { page, log, context, response } = await openPage(url);
@@ -601,6 +627,23 @@ try {
       results[name].seconds = (Date.now() - t0) / 1000;
     }
     console.log(JSON.stringify(results));
+  } else if (mode === "refine") {
+    const [url, file] = args;
+    const { page, context } = await openPage(url);
+    const cases = JSON.parse(fs.readFileSync(file, "utf8"));
+    const report = await page.evaluate(async (cases) => {
+      const c = await import("/static/js/cipher.js");
+      const r = await import("/static/js/refine.js");
+      const models = {};
+      return cases.map((k) => {
+        models[k.refiner] ??= r.parseRefiner(k.document, k.num_classes);
+        const t = performance.now();
+        const out = r.refine(models[k.refiner], { width: k.width, height: k.height, data: c.hexToBytes(k.labels) });
+        return { refined: c.bytesToHex(out.data), ms: performance.now() - t, grid: r.gridSize(models[k.refiner].config, k.height, k.width) };
+      });
+    }, cases.map(({ expected, ...k }) => k));
+    await context.close();
+    console.log(JSON.stringify({ cases: report }));
   } else if (mode === "docs") {
     const [url] = args;
     const context = await browser.newContext();

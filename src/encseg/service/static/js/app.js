@@ -11,9 +11,10 @@ import { ImageRefused, downscale, readImageFile } from "./imagefile.js";
 import { Cancelled, ServerError, postForLabels } from "./transport.js";
 import * as jpeg from "./jpeg.js";
 import * as arrangement from "./arrange.js";
+import * as refiner from "./refine.js";
 
 const $ = (id) => document.getElementById(id);
-const STAGES = ["decode", "encrypt", "upload", "segment", "decrypt", "draw"];
+const STAGES = ["decode", "encrypt", "upload", "segment", "decrypt", "refine", "draw"];
 const MULTIPART_SLACK = 2048; // form boundaries, part headers and the scheme field, over the image bytes
 
 let info = null; // GET /v1/info
@@ -22,6 +23,7 @@ let shown = null; // the run whose result is on screen: {name, img, enc, labels,
 let current = null; // the run in flight, or null
 let runSeq = 0;
 let pendingOffer = null; // {img, note}: what "Downscale and run" will run
+let refinerLoad = null; // the server's client refiner (GET /v1/refiner), fetched once when /v1/info offers one
 const history = []; // [{id, outcome}] of finished runs, for tests and the status
 
 // -- state and status ------------------------------------------------------------------------------
@@ -333,10 +335,26 @@ async function segmentRun(run, item) {
     live(run);
     stage(run, "decrypt", "done");
 
+    // the client's refiner, when the server ships one: it sees the decrypted labels only (never the key or image)
+    let refined = null, refineProblem = null;
+    if (refinerLoad) {
+      stage(run, "refine", "active");
+      setState("working", "Refining the labels here…");
+      const model = await refinerLoad;
+      live(run);
+      if (model instanceof Error) refineProblem = model.message;
+      else refined = refiner.refine(model, mask);
+      let changed = 0;
+      if (refined) for (let i = 0; i < mask.data.length; i++) changed += mask.data[i] !== refined.data[i];
+      stage(run, "refine", refined ? "done" : "skipped", refined ? `${(100 * changed / mask.data.length).toFixed(1)}% of labels changed` : "refiner unusable");
+    } else {
+      stage(run, "refine", "skipped", "the server ships no refiner");
+    }
+
     stage(run, "draw", "active");
     const header = resp.headers["x-encseg-trained-for-scheme"];
     const trained = header === null ? isTrained(scheme) : header === "true";
-    const result = { id: run.id, name, img, enc, sent: wire.sent, labels, mask, key, scheme: enc.scheme, plain, trained, transport,
+    const result = { id: run.id, name, img, enc, sent: wire.sent, labels, mask, refined, refineProblem, key, scheme: enc.scheme, plain, trained, transport,
       arrangement: wire.sorted ? arrangement.SORTED : arrangement.NONE, group, sortRefused, jpegProblem, sourceSize: item.sourceSize };
     const downloads = await buildDownloads(result);
     live(run);
@@ -379,6 +397,8 @@ function doneMessage(r, ms) {
   else parts.push(`The server received only the encrypted image${transportNote(r)} shown in the second panel, and no key.`);
   if (r.jpegProblem) parts.push(`Sent as PNG: ${r.jpegProblem}.`);
   if (r.sortRefused) parts.push("The server does not take this scheme's pixels sorted, so they went in the cipher's order.");
+  if (r.refined) parts.push("This page refined the decrypted labels with the server's refiner (untick “refine on this device” for the server's own).");
+  if (r.refineProblem) parts.push(`The server's refiner could not be used (${r.refineProblem}): these are the server's labels.`);
   if (!r.trained) parts.push(`Warning: the model was not trained for ${cipher.schemeName(r.scheme)}, so expect a poor segmentation.`);
   const [h0, w0] = r.sourceSize;
   if (h0 !== r.img.height || w0 !== r.img.width) parts.push(`The image was downscaled from ${w0}x${h0} to ${r.img.width}x${r.img.height}.`);
@@ -456,12 +476,17 @@ function maskOnly() {
   return document.querySelector('input[name="view"]:checked').value === "mask";
 }
 
+/** The labels the result panel, legend, pointer and downloads show: refined here, unless the box is unticked. */
+function onScreen(r) {
+  return r.refined && $("refine").checked ? r.refined : r.mask;
+}
+
 function drawResultPanel() {
   if (!shown) return;
-  const { img, mask } = shown;
+  const { img } = shown, mask = onScreen(shown);
   const data = maskOnly() ? colourise(mask.data, info.palette) : blend(img.data, mask.data, info.palette, opacity());
   drawRGB($("overlay"), data, img.width, img.height);
-  describe($("overlay"), `Segmentation of ${shown.name}${maskOnly() ? " (mask only)" : ` over the image at ${Math.round(100 * opacity())}% opacity`}: ${shown.summary}`);
+  describe($("overlay"), `Segmentation of ${shown.name}${mask === shown.refined ? ", refined here," : ""}${maskOnly() ? " (mask only)" : ` over the image at ${Math.round(100 * opacity())}% opacity`}: ${shown.summary}`);
 }
 
 function classShares(mask) {
@@ -487,22 +512,42 @@ function showLegend(counts, total) {
 }
 
 async function buildDownloads(r) {
-  const stemName = stem(r.name);
-  const colour = colourise(r.mask.data, info.palette);
+  const stemName = stem(r.name), mask = onScreen(r);
+  const colour = colourise(mask.data, info.palette);
   return {
-    mask: [await encodePNG(r.mask.data, r.mask.width, r.mask.height, 1), `${stemName}_mask.png`],
-    colour: [await encodePNG(colour, r.mask.width, r.mask.height, 3), `${stemName}_mask_colour.png`],
-    overlay: [await encodePNG(blend(r.img.data, r.mask.data, info.palette, opacity()), r.img.width, r.img.height, 3), `${stemName}_overlay.png`],
+    mask: [await encodePNG(mask.data, mask.width, mask.height, 1), `${stemName}_mask.png`],
+    colour: [await encodePNG(colour, mask.width, mask.height, 3), `${stemName}_mask_colour.png`],
+    overlay: [await encodePNG(blend(r.img.data, mask.data, info.palette, opacity()), r.img.width, r.img.height, 3), `${stemName}_overlay.png`],
   };
+}
+
+/** The result panel, legend and summary for the labels on screen (refined or the server's). */
+function showLabels(r) {
+  const mask = onScreen(r);
+  const counts = classShares(mask.data), total = mask.data.length;
+  const top = [...counts.keys()].filter((i) => counts[i]).sort((a, b) => counts[b] - counts[a]).slice(0, 4);
+  r.summary = top.map((i) => `${info.classes[i]} ${(100 * counts[i] / total).toFixed(0)}%`).join(", ") || "no class";
+  $("overlay-caption").textContent = mask === r.refined ? "Segmentation, decrypted and refined here" : "Segmentation, decrypted here";
+  drawResultPanel();
+  showLegend(counts, total);
+}
+
+/** The "refine on this device" box: redraw with the other labels, and make the downloads follow. */
+async function onRefineToggle() {
+  const r = shown;
+  if (!r || !r.refined) return;
+  showLabels(r);
+  const downloads = await buildDownloads(r);
+  if (shown !== r) return;
+  setDownload($("download-mask"), ...downloads.mask);
+  setDownload($("download-colour"), ...downloads.colour);
+  setDownload($("download-overlay"), ...downloads.overlay);
 }
 
 /** Put a finished run on screen (synchronous, so a run's pieces land together or not at all). */
 function show(r, downloads) {
   forgetKey();
   shown = r;
-  const counts = classShares(r.mask.data), total = r.mask.data.length;
-  const top = [...counts.keys()].filter((i) => counts[i]).sort((a, b) => counts[b] - counts[a]).slice(0, 4);
-  r.summary = top.map((i) => `${info.classes[i]} ${(100 * counts[i] / total).toFixed(0)}%`).join(", ") || "no class";
   const sorted = r.arrangement === arrangement.SORTED;
   drawRGB($("encrypted"), r.sent.data, r.sent.width, r.sent.height); // what was sent: arranged, if it was
   $("encrypted-caption").textContent = r.plain ? "What the server saw: your image, NOT encrypted"
@@ -517,8 +562,7 @@ function show(r, downloads) {
     : "What the server answers (labels in encrypted geometry)";
   describe($("server-labels"), sorted ? "The server's answer: class colours on the sorted encrypted image it saw"
     : "The server's answer: class colours in encrypted geometry, scrambled like the image it saw");
-  drawResultPanel();
-  showLegend(counts, total);
+  showLabels(r);
   setDownload($("download-mask"), ...downloads.mask);
   setDownload($("download-colour"), ...downloads.colour);
   setDownload($("download-overlay"), ...downloads.overlay);
@@ -536,6 +580,7 @@ function clearResult() {
   clearCanvas($("encrypted"), "The image the server sees: none yet");
   clearCanvas($("server-labels"), "The server's answer: none yet");
   clearCanvas($("overlay"), "The segmentation: none yet");
+  $("overlay-caption").textContent = "Segmentation, decrypted here";
   $("encrypted-caption").textContent = "What the server sees";
   $("server-labels-caption").textContent = "What the server answers (labels in encrypted geometry)";
   if (info) showLegend(null);
@@ -576,7 +621,7 @@ function classAt(canvas, event) {
   const x = Math.floor(((event.clientX - rect.left) / rect.width) * canvas.width);
   const y = Math.floor(((event.clientY - rect.top) / rect.height) * canvas.height);
   if (x < 0 || y < 0 || x >= canvas.width || y >= canvas.height) return null;
-  const source = canvas.dataset.labels === "server" ? shown.labels : shown.mask;
+  const source = canvas.dataset.labels === "server" ? shown.labels : onScreen(shown);
   if (source.width !== canvas.width || source.height !== canvas.height) return null;
   const v = source.data[y * source.width + x];
   const where = shown.arrangement === arrangement.SORTED ? " (on the sorted image the server saw)" : " (in encrypted geometry)";
@@ -620,6 +665,11 @@ function modelStatement() {
     parts.push(`Its validation mIoU on that benchmark, with a fresh key per test image, is ${t.val_miou_per_image_keys.toFixed(1)}%: a small demonstration model, expect rough masks on real photographs.`);
   } else {
     parts.push("It reports no validation score.");
+  }
+  const refined = info.refiner && info.refiner.val_miou_refined;
+  if (typeof refined === "number") {
+    const where = t.benchmark ? `the same benchmark (${t.benchmark}), not on Cityscapes` : "a benchmark the server does not name: not a Cityscapes score";
+    parts.push(`With the client's refiner, which this page runs on the decrypted labels (not the image, not the key), it is ${refined.toFixed(1)}%; both figures are on ${where}.`);
   }
   return parts.join(" ");
 }
@@ -690,7 +740,9 @@ export function lastResult() {
     height: shown.mask.height,
     imageWidth: shown.img.width,
     imageHeight: shown.img.height,
-    mask: cipher.bytesToHex(shown.mask.data),
+    mask: cipher.bytesToHex(shown.mask.data), // the decrypted server answer, before any refining
+    refined: shown.refined ? cipher.bytesToHex(shown.refined.data) : null,
+    onScreen: cipher.bytesToHex(onScreen(shown).data),
     encrypted: cipher.bytesToHex(shown.enc.data),
     sent: cipher.bytesToHex(shown.sent.data), // what the server received before JPEG coding (arranged, if it was)
     scheme: shown.scheme,
@@ -735,6 +787,11 @@ async function init() {
   if (arrangement.serverSorts(info) && !versions.includes(arrangement.ARRANGED_VERSION)) versions.push(arrangement.ARRANGED_VERSION);
   $("format-version").textContent = versions.map((v) => `v${v}`).join(", ");
   showLegend(null);
+  if (info.refiner) { // fetched once, in the background; a run waits for it only if it is not there yet
+    $("refine-box").hidden = false;
+    refinerLoad = refiner.fetchRefiner(info.classes.length).catch((err) => new Error(err.message || String(err)));
+  }
+  $("refine").addEventListener("change", onRefineToggle);
   $("file").addEventListener("change", onFile);
   $("run").addEventListener("click", rerun);
   $("cancel").addEventListener("click", cancelCurrent);
@@ -765,7 +822,7 @@ async function init() {
 async function refreshOverlayDownload() {
   const r = shown;
   if (!r) return;
-  const png = await encodePNG(blend(r.img.data, r.mask.data, info.palette, opacity()), r.img.width, r.img.height, 3);
+  const png = await encodePNG(blend(r.img.data, onScreen(r).data, info.palette, opacity()), r.img.width, r.img.height, 3);
   if (shown === r) setDownload($("download-overlay"), png, `${stem(r.name)}_overlay.png`);
 }
 
