@@ -111,7 +111,8 @@ def fit_refiner(preds: np.ndarray, truth: np.ndarray, num_classes: int, minutes:
     weight = (weight / weight.mean()).to(device)  # inverse-sqrt class weights, as the training runs use
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    refiner = ClientRefiner(RefinerConfig(num_classes=c, width=width, grid_rows=max(1, preds.shape[1] // 4))).to(device)
+    scale = RefinerConfig.scale  # the grid: 1/scale of the training size, the same rows at any other size
+    refiner = ClientRefiner(RefinerConfig(num_classes=c, width=width, grid_rows=max(1, preds.shape[1] // scale))).to(device)
     opt = torch.optim.AdamW(refiner.parameters(), lr=lr, weight_decay=1e-4)
     bar = None
     if progress:
