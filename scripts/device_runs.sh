@@ -15,6 +15,9 @@
 #   SCALE      multiply every probe/demo step count (default 1; e.g. 0.002 for a local dry run)
 #   FRONTIER   0 skips the frontier experiment (local dry runs)
 #   WHEELS     folder of wheels to install first (default .whl; the GPU image lacks cryptography)
+#   ONLY       frontier runs to (re)do, comma-separated (`encseg experiment --only`); nothing else is trained.
+#              Each run's results.json is copied to $OUT as soon as it exists (a cut-short call keeps them).
+#   PARALLEL   frontier runs at a time (default 7)
 set -u
 T0=$(date +%s)
 DEADLINE=${DEADLINE:-460}
@@ -55,16 +58,24 @@ train() {  # NAME STEPS ARGS...: one training process in the background, its out
     --set run.steps="$n" --set run.ckpt_every="$n" --set run.out="runs/$name" "$@" >"runs/logs/$name.log" 2>&1 &
   pids+=($!)
 }
+ONLY=${ONLY:-}
 if [ "$FRONTIER" = 1 ]; then
-  setsid $E experiment --budget cpu-frontier --out runs/experiment --parallel 7 --privacy docs/attack-record/results.json \
-    --results runs/frontier/results.md --chart runs/frontier/results.png >runs/logs/frontier.log 2>&1 &
+  setsid $E experiment --budget cpu-frontier --out runs/experiment --parallel "${PARALLEL:-7}" ${ONLY:+--only "$ONLY"} \
+    --privacy docs/attack-record/results.json --results runs/frontier/results.md --chart runs/frontier/results.png \
+    >runs/logs/frontier.log 2>&1 &
   pids+=($!)
 fi
+if [ -n "$ONLY" ]; then
+  (while sleep 5; do for f in runs/experiment/cpu-frontier/*/results.json; do
+     [ -f "$f" ] && cp "$f" "$OUT/$(basename "$(dirname "$f")").json"; done; done) &
+  copier=$!
+else
 train wl8 6480 "${WL[@]}"
 train plain8000 8000 --set encryption.mode=none
 train pr-wl 3520 "${WL[@]}"
 train pa-wl-r75 3520 "${WL[@]}" "${R75[@]}"
 train wl8-r75 6480 "${WL[@]}" "${R75[@]}"
+fi
 
 status() {
   for f in runs/*/log.csv runs/experiment/cpu-frontier/*/log.csv; do
@@ -83,6 +94,11 @@ done
 for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && { echo "stopping $p at the deadline"; kill -- -"$p" 2>/dev/null; }; done
 sleep 2
 echo "training over at $(elapsed)s"; tail -3 runs/logs/frontier.log 2>/dev/null
+if [ -n "$ONLY" ]; then
+  kill "$copier" 2>/dev/null
+  for f in runs/experiment/cpu-frontier/*/results.json; do [ -f "$f" ] && cp "$f" "$OUT/$(basename "$(dirname "$f")").json"; done
+  ls -la "$OUT"; echo "done at $(elapsed)s"; exit 0
+fi
 
 score() {  # NAME DATA ENCRYPTION [SCHEME]: one evaluation into runs/NAME/eval-<data>.json
   local name=$1 data=$2 enc=$3 tag; tag=$(basename "$data")
