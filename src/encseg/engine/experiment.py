@@ -311,7 +311,8 @@ def run_experiment(budget_name: str, out: Path, data: Path | None, results_md: P
                                       "runs_trained": len(todo), "runs": len(runs)}) + "\n")  # fmt: skip
     trained = json.loads(timing.read_text()) if timing.is_file() else None
     if budget.frontier:
-        command = (f"encseg experiment --budget {budget.name}" + (f" --parallel {parallel}" if parallel else "")
+        command = (f"encseg experiment --budget {budget.name}" + (f" --only {','.join(only)}" if only else "")
+                   + (f" --parallel {parallel}" if parallel else "")
                    + f" --privacy {privacy}" + (f" --demo-out {demo_out}" if demo_out is not None else ""))
         _frontier_report(budget, ordered, data_root, results_md, chart, demo_out, total_s, trained, privacy, command)
         print(f"wrote {results_md} and {chart} ({total_s / 60:.1f} min)", flush=True)
@@ -548,12 +549,13 @@ def demo_model_lines(demo_out: Path | None) -> list[str]:
     plain = extra.get("plain_val_miou")
     if isinstance(plain, (int, float)) and isinstance(extra.get("val_miou_per_image_keys"), (int, float)):
         lines[-1] += (f" Plain SETR trained on plain images at the same budget scores **{plain}** on plain validation "
-                      f"images: {extra['val_miou_per_image_keys'] / plain:.2f}x, the price of privacy `encseg demo` prints.")
+                      f"images: {extra['val_miou_per_image_keys'] / plain:.2f}x from the server's labels alone.")
     ref = extra.get("refiner")
     if isinstance(ref, dict) and isinstance(ref.get("val_miou_refined"), (int, float)):
         lines += ["", f"With the client's refiner after decryption (`{ref.get('file', 'refiner.safetensors')}`, shipped beside "
                   f"it; `encseg.models.refine`): **{ref['val_miou_refined']}**"
-                  + (f", {ref['val_miou_refined'] / plain:.2f}x plain SETR." if isinstance(plain, (int, float)) else ".")]
+                  + (f", {ref['val_miou_refined'] / plain:.2f}x plain SETR." if isinstance(plain, (int, float)) else ".")
+                  + " `encseg demo` prints both, the price of privacy."]
     if extra.get("command"):
         lines += ["", "Reproduce it with:", "", "```", str(extra["command"])]
         if extra.get("plain_command"):

@@ -236,25 +236,36 @@ def draw_frontier(rows: list[dict], plain: float | None, path: Path) -> None:
             dr.line([(x, Y(plain)), (min(x + 6, left + pw), Y(plain))], fill=(200, 40, 40), width=2)
         dr.text((left + pw - 4, Y(plain) - 4), f"plain SETR {plain:.1f}", fill=(200, 40, 40), font=small, anchor="rb")
         dr.line([(left, Y(0.8 * plain)), (left + pw, Y(0.8 * plain))], fill=(240, 170, 170))
-        dr.text((left + pw - 4, Y(0.8 * plain) - 4), "0.8 x plain (goal)", fill=(200, 90, 90), font=small, anchor="rb")
+        dr.text((left + pw * 0.55, Y(0.8 * plain) - 4), "0.8 x plain (goal)", fill=(200, 90, 90), font=small, anchor="mb")
     missing = [r["scheme"] for r in pts if r.get("leakage") is None]
     if missing:
         dr.text((left + 8, top + 4), "not shown (no attack figures): " + ", ".join(missing), fill=(90, 90, 90), font=small)
-    placed: list[tuple[float, float]] = []
+    placed: list[tuple[float, float, float]] = []  # (x0, x1, y) of every label drawn
+
+    def lift(x: float, y: float, side: str, text: str) -> float:
+        w = dr.textlength(text, font=small)
+        x0, x1 = (x - 9 - w, x - 9) if side == "left" else (x + 9, x + 9 + w)
+        ly = y
+        while any(abs(ly - py) < 14 and x0 < px1 and px0 < x1 for px0, px1, py in placed):
+            ly -= 15  # lift a label that would overlap one already drawn
+        placed.append((x0, x1, ly))
+        return ly
+
     for r in sorted(pts, key=lambda r: (r.get("leakage") is None, r.get("leakage") or 0)):
         if r.get("leakage") is None:
             continue
         x, y = X(r["leakage"]), Y(r["miou"])
-        ly = y
-        while any(abs(ly - py) < 14 and abs(x - px) < 150 for px, py in placed):
-            ly -= 15  # lift a label that would overlap a neighbour's
-        placed.append((x, ly))
         colour = {True: (40, 150, 60), False: (200, 60, 40), None: (120, 120, 120)}[r["passes"]]
         if r.get("refined") is not None:  # the same run with the client's refiner: a ring above its dot
             yr = Y(r["refined"])
             dr.line([(x, y), (x, yr)], fill=colour, width=2)
             dr.ellipse([x - 6, yr - 6, x + 6, yr + 6], outline=colour, width=3)
-            dr.text((x + 9, yr), f"+ refiner ({r['refined']:.1f})", fill=colour, font=small, anchor="lm")
+            side = "left" if x - left > 140 else "right"  # ring labels left of the line where there is room
+            text = f"+ refiner ({r['refined']:.1f})"
+            lr = lift(x, yr, side, text)
+            dr.text((x - 9, lr) if side == "left" else (x + 9, lr), text, fill=colour, font=small,
+                    anchor="rm" if side == "left" else "lm")  # fmt: skip
+        ly = lift(x, y, "right", f"{r['scheme']} ({r['miou']:.1f})")
         dr.ellipse([x - 6, y - 6, x + 6, y + 6], fill=colour, outline="black")
         if ly != y:
             dr.line([(x + 6, y), (x + 9, ly)], fill=(120, 120, 120))
