@@ -97,3 +97,12 @@ def test_every_frontier_model_claims_the_schemes_it_is_trained_and_scored_on():
         for _, scheme in c.evals:
             steps = set(scheme.partition("/")[0].split("-"))
             assert steps <= claims, (c.name, scheme, sorted(claims))
+
+
+def test_experiment_options_are_checked_before_any_work(run_cli, tmp_path):
+    for args, says in ((("--parallel", "0"), "--parallel must be at least 1"),
+                       (("--refine-steps", "-1"), "--refine-steps must be 0 or more")):  # fmt: skip
+        code, _, err = run_cli("experiment", "--budget", "cpu-frontier", "--out", tmp_path / "runs", "--data",
+                               tmp_path / "data", *args)  # fmt: skip
+        assert code == 2 and err.startswith("error:") and says in err and "\n" not in err.strip()
+    assert not (tmp_path / "data").exists() and not (tmp_path / "runs").exists()

@@ -122,12 +122,13 @@ def experiment_cmd(
     privacy: Path = typer.Option(Path("docs/attack-record/results.json"), help="frontier: the `encseg attack` results.json to read privacy figures from"),
     rescore: Optional[Path] = typer.Option(None, help="frontier: rebuild the report from an earlier invocation's frontier.json against --privacy, training nothing"),
     parallel: Optional[int] = typer.Option(None, help="training processes at a time (default: the budget's, 2 on the CPU budgets); results do not depend on it"),
+    refine_steps: Optional[int] = typer.Option(None, help="frontier: steps of the client's refiner fitted on each run (default: the budget's, 800; 0: none)"),
 ) -> None:
     """The frontier (per scheme: per-image-key mIoU against the attacks' figures) or the paper's table, on the street benchmark."""
     from encseg.engine.experiment import run_experiment
 
     run_experiment(budget, out, data, results, chart, demo_out, only.split(",") if only else None, privacy, rescore,
-                   parallel)
+                   parallel, refine_steps)
 
 
 def export_demo_cmd(

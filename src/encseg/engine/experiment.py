@@ -254,7 +254,8 @@ def ensure_data(budget: Budget, root: Path) -> Path:
 def run_experiment(budget_name: str, out: Path, data: Path | None, results_md: Path, chart: Path,
                    demo_out: Path | None = None, only: list[str] | None = None,
                    privacy: Path = Path("docs/attack-record/results.json"),
-                   rescore: Path | None = None, parallel: int | None = None) -> list[dict]:  # fmt: skip
+                   rescore: Path | None = None, parallel: int | None = None,
+                   refine_steps: int | None = None) -> list[dict]:  # fmt: skip
     """Train and score every run of `budget_name` (`parallel` at a time: default the budget's), then
     write the report. The runs' configs, and so their results, do not depend on `parallel`."""
     if budget_name not in BUDGETS:
@@ -264,6 +265,10 @@ def run_experiment(budget_name: str, out: Path, data: Path | None, results_md: P
         if parallel < 1:
             raise UserError(f"--parallel must be at least 1 (got {parallel})")
         budget = replace(budget, parallel=parallel)
+    if refine_steps is not None:
+        if refine_steps < 0:
+            raise UserError(f"--refine-steps must be 0 or more (got {refine_steps})")
+        budget = replace(budget, refine_steps=refine_steps)
     if rescore is not None:
         return rescore_frontier(budget, Path(rescore), data, results_md, chart, demo_out, privacy)
     t0 = time.perf_counter()
@@ -313,6 +318,7 @@ def run_experiment(budget_name: str, out: Path, data: Path | None, results_md: P
     if budget.frontier:
         command = (f"encseg experiment --budget {budget.name}" + (f" --only {','.join(only)}" if only else "")
                    + (f" --parallel {parallel}" if parallel else "")
+                   + (f" --refine-steps {refine_steps}" if refine_steps is not None else "")
                    + f" --privacy {privacy}" + (f" --demo-out {demo_out}" if demo_out is not None else ""))
         _frontier_report(budget, ordered, data_root, results_md, chart, demo_out, total_s, trained, privacy, command)
         print(f"wrote {results_md} and {chart} ({total_s / 60:.1f} min)", flush=True)
