@@ -668,7 +668,7 @@ function modelStatement() {
   }
   const refined = info.refiner && info.refiner.val_miou_refined;
   if (typeof refined === "number") {
-    const where = t.benchmark ? "on the same benchmark" : "on a benchmark the server does not name: not a Cityscapes score";
+    const where = t.benchmark ? "on the same benchmark, not on Cityscapes" : "on a benchmark the server does not name: not a Cityscapes score";
     parts.push(`With the client's refiner, which this page runs on the decrypted labels (not the image, not the key), it is ${refined.toFixed(1)}%, ${where}.`);
   }
   return parts.join(" ");
