@@ -151,9 +151,10 @@ def load_refiner(path: str | Path, device: str | torch.device = "cpu") -> tuple[
     return refiner.to(device).eval(), meta.get("extra") or {}
 
 
-def refiner_path_beside(checkpoint: str | Path) -> Path | None:
-    """The refiner file a model checkpoint's JSON names (`extra.refiner.file`: a bare file name in the
-    checkpoint's folder, nothing else), if that file exists; else None."""
+def refiner_entry_beside(checkpoint: str | Path) -> tuple[Path, dict] | None:
+    """(the refiner file, the JSON's `extra.refiner` entry) that a model checkpoint's JSON names
+    (`extra.refiner.file`: a bare file name in the checkpoint's folder, nothing else), if that file
+    exists; else None."""
     try:
         extra = json.loads(Path(checkpoint).with_suffix(".json").read_text()).get("extra") or {}
     except (OSError, ValueError, AttributeError):
@@ -163,7 +164,13 @@ def refiner_path_beside(checkpoint: str | Path) -> Path | None:
     if not isinstance(name, str) or not name or Path(name).name != name or name in (".", ".."):
         return None
     path = Path(checkpoint).parent / name
-    return path if path.is_file() else None
+    return (path, ref) if path.is_file() else None
+
+
+def refiner_path_beside(checkpoint: str | Path) -> Path | None:
+    """The refiner file a model checkpoint's JSON names (see `refiner_entry_beside`), or None."""
+    entry = refiner_entry_beside(checkpoint)
+    return None if entry is None else entry[0]
 
 
 def refiner_beside(checkpoint: str | Path) -> ClientRefiner | None:

@@ -173,16 +173,10 @@ class PageRefiner:
     def beside(cls, checkpoint: str | Path, num_classes: int) -> "PageRefiner | None":
         """The refiner a checkpoint's JSON names (`extra.refiner.file`), or None; a refiner that does
         not load, or is for another number of classes, is a one-line UserError at start-up."""
-        from encseg.models.refine import refiner_path_beside
+        from encseg.models.refine import refiner_entry_beside
 
-        path = refiner_path_beside(checkpoint)
-        if path is None:
-            return None
-        try:
-            named = json.loads(Path(checkpoint).with_suffix(".json").read_text()).get("extra", {}).get("refiner", {})
-        except (OSError, ValueError, AttributeError):
-            named = {}
-        return cls.from_file(path, num_classes, named if isinstance(named, dict) else {})
+        entry = refiner_entry_beside(checkpoint)
+        return None if entry is None else cls.from_file(entry[0], num_classes, entry[1])
 
     @classmethod
     def from_file(cls, path: str | Path, num_classes: int, named: dict | None = None) -> "PageRefiner":
@@ -198,11 +192,10 @@ class PageRefiner:
             raise UserError(f"the refiner {Path(path).name} has {total} weights, over the page's limit of {MAX_REFINER_FLOATS}")
         tensors = {}
         for name, t in state.items():
-            data = t.detach().to("cpu", torch.float32).contiguous().numpy().astype("<f4").tobytes()
-            shape = [int(v) for v in t.shape]
-            if len(data) != 4 * math.prod(shape) or not np.isfinite(t.detach().float().numpy()).all():
+            arr = t.detach().to("cpu", torch.float32).contiguous().numpy()
+            if not np.isfinite(arr).all():
                 raise UserError(f"the refiner {Path(path).name}: tensor {name} is malformed")
-            tensors[name] = {"shape": shape, "data": base64.b64encode(data).decode("ascii")}
+            tensors[name] = {"shape": [int(v) for v in t.shape], "data": base64.b64encode(arr.astype("<f4").tobytes()).decode("ascii")}
 
         def score(key: str) -> float | None:
             for source in (named or {}, extra):

@@ -539,9 +539,7 @@ async function onRefineToggle() {
   showLabels(r);
   const downloads = await buildDownloads(r);
   if (shown !== r) return;
-  setDownload($("download-mask"), ...downloads.mask);
-  setDownload($("download-colour"), ...downloads.colour);
-  setDownload($("download-overlay"), ...downloads.overlay);
+  setDownloads(downloads);
 }
 
 /** Put a finished run on screen (synchronous, so a run's pieces land together or not at all). */
@@ -563,9 +561,7 @@ function show(r, downloads) {
   describe($("server-labels"), sorted ? "The server's answer: class colours on the sorted encrypted image it saw"
     : "The server's answer: class colours in encrypted geometry, scrambled like the image it saw");
   showLabels(r);
-  setDownload($("download-mask"), ...downloads.mask);
-  setDownload($("download-colour"), ...downloads.colour);
-  setDownload($("download-overlay"), ...downloads.overlay);
+  setDownloads(downloads);
   if (!r.plain) {
     $("key-hex").textContent = cipher.keyToHex(r.key);
     $("key-box").hidden = false;
@@ -596,6 +592,13 @@ function clearResult() {
 
 function stem(name) {
   return name.replace(/\.[^.]*$/, "") || "image";
+}
+
+/** The three result downloads (buildDownloads' {mask, colour, overlay}). */
+function setDownloads(downloads) {
+  setDownload($("download-mask"), ...downloads.mask);
+  setDownload($("download-colour"), ...downloads.colour);
+  setDownload($("download-overlay"), ...downloads.overlay);
 }
 
 function setDownload(a, blob, name) {
